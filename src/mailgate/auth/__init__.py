@@ -1,0 +1,1 @@
+"""The auth_http client, and the auth service mailgate ships."""

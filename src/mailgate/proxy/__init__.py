@@ -1,0 +1,1 @@
+"""Backend login per protocol, the PROXY protocol, and the byte relay."""

@@ -1,0 +1,1 @@
+"""Listeners, one session's orchestration, master and worker processes, signals."""
