@@ -1,0 +1,264 @@
+"""The byte relay between a client and a backend, on real loopback sockets and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvloop
+
+from mailgate.proxy.relay import Peer, Relay, RelayOutcome
+
+BackendHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(coro, 60))
+
+
+class ProxyUnderTest:
+    """Accepts clients and relays each to a backend server, recording every relay's outcome."""
+
+    def __init__(self, backend_port: int, timeout: float = 30.0) -> None:
+        self.backend_port = backend_port
+        self.timeout = timeout
+        self.outcomes: list[RelayOutcome] = []
+        self.relays: list[tuple[Peer, Peer]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.get_running_loop().create_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _accept(self) -> Peer:
+        client = Peer()
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._session(client)))
+        return client
+
+    async def _session(self, client: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        _, backend = await loop.create_connection(Peer, "127.0.0.1", self.backend_port)
+        self.relays.append((client, backend))
+        outcome = await Relay(client, backend, self.timeout).run(b"", b"")
+        self.outcomes.append(outcome)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def start_backend(handler: BackendHandler) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def test_every_byte_arrives_in_order_both_ways_for_many_concurrent_sessions() -> None:
+    sessions = 24
+    size = 512 * 1024
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The client says how much it sends; the backend answers with random data and both digests.
+        header = await reader.readexactly(8)
+        expected = int.from_bytes(header, "big")
+        payload = os.urandom(size)
+
+        async def send() -> None:
+            for offset in range(0, size, 7919):
+                writer.write(payload[offset : offset + 7919])
+                await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        received = await reader.readexactly(expected)
+        await sender
+        writer.write(hashlib.sha256(received).digest() + hashlib.sha256(payload).digest())
+        await writer.drain()
+        writer.close()
+
+    async def client(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data = os.urandom(size)
+        writer.write(len(data).to_bytes(8, "big"))
+        for offset in range(0, size, 4093):
+            writer.write(data[offset : offset + 4093])
+        await writer.drain()
+        reply = await reader.read()
+        payload, digests = reply[:-64], reply[-64:]
+        assert digests[:32] == hashlib.sha256(data).digest()
+        assert digests[32:] == hashlib.sha256(payload).digest()
+        assert len(payload) == size
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port)
+        port = await proxy.start()
+        await asyncio.gather(*(client(port) for _ in range(sessions)))
+        await wait_for(lambda: len(proxy.outcomes) == sessions)
+        assert {outcome.reason for outcome in proxy.outcomes} == {"backend closed"}
+        assert all(outcome.client_to_backend == size + 8 for outcome in proxy.outcomes)
+        assert all(outcome.backend_to_client == size + 64 for outcome in proxy.outcomes)
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_half_closed_client_still_receives_the_backends_whole_reply() -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # until the client's half-close reaches us
+        await asyncio.sleep(0.05)
+        writer.write(b"* BYE " + request.upper() * 1000)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port)
+        port = await proxy.start()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"a logout\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            received = b""
+            while chunk := await loop.sock_recv(sock, 65536):
+                received += chunk
+        assert received == b"* BYE " + b"A LOGOUT\r\n" * 1000
+        await wait_for(lambda: len(proxy.outcomes) == 1)
+        assert proxy.outcomes[0].reason == "backend closed"
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_client_that_disconnects_closes_the_backend_connection() -> None:
+    async def main() -> None:
+        seen = asyncio.Event()
+
+        async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"* OK ready\r\n")
+            await reader.read()
+            seen.set()
+            writer.close()
+
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port)
+        port = await proxy.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.readline() == b"* OK ready\r\n"
+        writer.transport.abort()
+        await asyncio.wait_for(seen.wait(), 10)
+        await wait_for(lambda: len(proxy.outcomes) == 1)
+        assert proxy.outcomes[0].reason in {"client closed", "backend closed"}
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_relay_ends_after_proxy_timeout_without_transfer() -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port, timeout=0.3)
+        port = await proxy.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a noop\r\n")
+        assert await reader.read() == b""  # closed by the proxy, not by us
+        await wait_for(lambda: len(proxy.outcomes) == 1)
+        assert proxy.outcomes[0].reason == "timed out"
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_client_that_does_not_read_stops_the_proxy_reading_the_backend() -> None:
+    total = 32 * 1024 * 1024
+    payload = os.urandom(1024 * 1024)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(total // len(payload)):
+            writer.write(payload)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port)
+        port = await proxy.start()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        await wait_for(lambda: bool(proxy.relays))
+        client_peer, backend_peer = proxy.relays[0]
+        assert client_peer.transport is not None and backend_peer.transport is not None
+        # The proxy must stop reading the backend rather than buffer 32 MiB for a client that is not reading.
+        await wait_for(lambda: not backend_peer.transport.is_reading())  # type: ignore[union-attr]
+        assert client_peer.transport.get_write_buffer_size() < total // 4
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        received = 0
+        while chunk := await loop.sock_recv(sock, 1 << 20):
+            digest.update(chunk)
+            received += len(chunk)
+        sock.close()
+        assert received == total
+        assert digest.digest() == hashlib.sha256(payload * (total // len(payload))).digest()
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_bytes_the_client_sent_before_the_relay_reach_the_backend_first_and_in_order() -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.readexactly(len(b"early late"))
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[Peer] = loop.create_future()
+
+        def accept() -> Peer:
+            peer = Peer()
+            accepted.set_result(peer)
+            return peer
+
+        server = await loop.create_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await accepted
+        writer.write(b"early")
+        await writer.drain()
+        assert await client.read() == b"early"
+        writer.write(b" late")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        _, backend_peer = await loop.create_connection(Peer, "127.0.0.1", backend_port)
+        relay = asyncio.ensure_future(Relay(client, backend_peer, 30).run(b"", b"early"))
+        assert await reader.read() == b"early late"
+        outcome = await relay
+        assert outcome.reason == "backend closed"
+        server.close()
+        backend_server.close()
+
+    run(main())
