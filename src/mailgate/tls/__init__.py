@@ -1,1 +1,28 @@
-"""TLS: an SSLContext per server from its configuration, plus the libssl calls Python's ssl lacks."""
+"""TLS: an SSLContext per server from its configuration, plus the libssl calls Python's ssl lacks.
+
+    tls = build_server_context(server)          # at configuration time (and for `-t`); ConfigError on failure
+    ... asyncio/uvloop handshake with tls.context ...
+    check = check_client_certificate(ssl_object, server)
+    facts = tls_facts(ssl_object, server)
+
+The process model calls `after_fork()` in every child right after fork().
+"""
+
+from mailgate.tls.connection import CertCheck, CertStatus, check_client_certificate, tls_facts
+from mailgate.tls.context import ServerTls, build_server_context
+from mailgate.tls.facts import ClientCertificate, TlsFacts
+from mailgate.tls.sessions import after_fork, set_shared_cache_directory, shared_cache_directory
+
+__all__ = [
+    "CertCheck",
+    "CertStatus",
+    "ClientCertificate",
+    "ServerTls",
+    "TlsFacts",
+    "after_fork",
+    "build_server_context",
+    "check_client_certificate",
+    "set_shared_cache_directory",
+    "shared_cache_directory",
+    "tls_facts",
+]
