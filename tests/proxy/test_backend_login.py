@@ -217,6 +217,14 @@ def test_backend_closing_during_login_is_an_internal_error_without_log() -> None
     play(engine, POP3_LOGIN[:1])
     assert engine.receive_data(b"") == [Failed(LogLevel.ERROR, None, POP3_ERROR)]
     assert engine.finished
+    assert engine.action == "reading response from upstream"
+
+
+def test_timeout_is_logged_with_the_last_step_action() -> None:
+    engine = pop3()
+    play(engine, POP3_LOGIN[:1])
+    assert engine.timed_out() == Failed(LogLevel.INFO, "upstream timed out", POP3_ERROR)
+    assert engine.action == "sending user name to upstream"
 
 
 def test_timeout_during_login_logs_upstream_timed_out() -> None:

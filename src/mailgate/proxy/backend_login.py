@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -105,7 +106,7 @@ def _log_text(data: bytes) -> str:
     return data.decode("utf-8", "backslashreplace")
 
 
-class BackendLogin:
+class BackendLogin(ABC):
     """What the three protocol engines share: the reply buffer, judging, events and log actions."""
 
     protocol: Protocol
@@ -128,6 +129,7 @@ class BackendLogin:
         """Feed bytes received from the backend (`b""` when it closed the connection)."""
         if self._finished:
             raise RuntimeError("backend login already finished")
+        self.action = UpstreamAction.READING_RESPONSE
         if not data:
             return [self.fail(LogLevel.ERROR, None)]
         events: list[BackendLoginEvent] = []
@@ -140,7 +142,6 @@ class BackendLogin:
                 return events
             self._buffer += remaining[:space]
             remaining = remaining[space:]
-            self.action = UpstreamAction.READING_RESPONSE
             event = self._judge_buffer(remaining)
             if event is not None:
                 events.append(event)
@@ -196,8 +197,9 @@ class BackendLogin:
         text = _log_text(buffer[position:-2])
         return Failed(LogLevel.INFO, f'upstream sent invalid response: "{text}"', buffer)
 
+    @abstractmethod
     def _judge(self, buffer: bytes, expects: str) -> _Verdict:
-        raise NotImplementedError
+        """Judge the buffer (at least 4 bytes, ending with CRLF) against the step's expected reply."""
 
     def _client_bytes(self, buffer: bytes, reply_end: int) -> bytes:
         """What the client gets first: by default the backend's whole final reply buffer."""
