@@ -1,10 +1,10 @@
 """Run a daemon so that stopping it stops and reaps its whole process tree, even if the tests crash.
 
 A ``ReapedDaemon`` starts this file as a small wrapper process
-(``python subreaper.py PARENT_PID ORPHAN_CLEANUP_DIR -- argv``) that makes itself a Linux child
+(``python subreaper.py PARENT_PID GRACE_SECONDS ORPHAN_CLEANUP_DIR -- argv``) that makes itself a Linux child
 subreaper, runs the daemon in the foreground as its only direct child and reaps every descendant. On
 SIGTERM, on the daemon's exit, or on the death of the test process (SIGHUP, its parent-death signal) it
-sends SIGTERM to every descendant, waits ``GRACE_SECONDS``, SIGKILLs what is left and exits once nothing
+sends SIGTERM to every descendant, waits the grace period, SIGKILLs what is left and exits once nothing
 is left, so "the wrapper has exited" means "the daemon's whole tree is gone". If the test process died,
 the wrapper also deletes the daemon's directory, which nobody else would.
 
@@ -29,14 +29,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
-# Seconds the wrapper waits after SIGTERM before it SIGKILLs the descendants that are still alive.
+# Default seconds the wrapper waits after SIGTERM before it SIGKILLs the descendants still alive.
 GRACE_SECONDS = 10
 
 
@@ -70,8 +70,9 @@ def _signal_descendants(sig: int) -> None:
 
 def _wrapper_main(argv: list[str]) -> int:
     parent_pid = int(argv[0])
-    orphan_cleanup_dir = argv[1]
-    command = argv[3:]
+    grace_seconds = int(argv[1])
+    orphan_cleanup_dir = argv[2]
+    command = argv[4:]
     stopping = False
     orphaned = False
 
@@ -80,7 +81,7 @@ def _wrapper_main(argv: list[str]) -> int:
         if not stopping:
             stopping = True
             _signal_descendants(signal.SIGTERM)
-            signal.alarm(GRACE_SECONDS)
+            signal.alarm(grace_seconds)
 
     def kill_rest(_signum: int, _frame: FrameType | None) -> None:
         _signal_descendants(signal.SIGKILL)
@@ -124,7 +125,9 @@ class ReapedDaemon:
     """A foreground daemon run under the subreaper wrapper; ``stop()`` returns once its tree is gone.
 
     stdout and stderr of the daemon go to ``output_path`` (appended), which callers show on failure.
-    ``orphan_cleanup_dir`` is deleted after the tree is gone if the test process died first.
+    What is still alive ``grace_seconds`` after SIGTERM is SIGKILLed. ``orphan_cleanup_dir`` is deleted
+    after the tree is gone if the test process died first. The parent-death signal follows the thread
+    that creates the ``ReapedDaemon``: create it from a thread that lives as long as the daemon should.
     """
 
     def __init__(
@@ -133,19 +136,18 @@ class ReapedDaemon:
         *,
         output_path: Path,
         orphan_cleanup_dir: Path | None = None,
-        cwd: Path | None = None,
-        env: Mapping[str, str] | None = None,
+        grace_seconds: int = GRACE_SECONDS,
     ) -> None:
         self.argv = tuple(argv)
         self.output_path = output_path
+        self.grace_seconds = grace_seconds
+        wrapper_argv = [str(os.getpid()), str(grace_seconds), str(orphan_cleanup_dir or ""), "--", *self.argv]
         with output_path.open("ab") as output:
             self._wrapper = subprocess.Popen(
-                [sys.executable, __file__, str(os.getpid()), str(orphan_cleanup_dir or ""), "--", *self.argv],
+                [sys.executable, __file__, *wrapper_argv],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=None if env is None else dict(env),
                 start_new_session=True,
             )
 
@@ -177,11 +179,12 @@ class ReapedDaemon:
         self.stop()
         return False
 
-    def stop(self, timeout: float = GRACE_SECONDS + 5) -> None:
+    def stop(self) -> None:
         """Terminate the daemon's whole tree and wait until it is gone; idempotent."""
         if self._wrapper.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._wrapper.send_signal(signal.SIGTERM)
+            timeout = self.grace_seconds + 5
             try:
                 self._wrapper.wait(timeout)
             except subprocess.TimeoutExpired:

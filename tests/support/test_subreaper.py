@@ -32,6 +32,17 @@ def test_stop_ends_and_reaps_workers_that_left_the_process_group(tmp_path: Path)
     assert [pid for pid in pids if _alive(pid)] == []
 
 
+def test_stop_kills_a_daemon_that_ignores_sigterm_after_the_grace_period(tmp_path: Path) -> None:
+    daemon = ReapedDaemon(
+        ["sh", "-c", "trap '' TERM; exec sleep 1000"], output_path=tmp_path / "out", grace_seconds=1
+    )
+    assert wait_until(lambda: len(daemon.descendants()) == 1, timeout=10)
+    (pid,) = daemon.descendants()
+    daemon.stop()
+    assert daemon.exit_code == 128 + 9  # SIGKILL
+    assert not _alive(pid)
+
+
 def test_daemon_exit_is_reported_and_its_output_kept(tmp_path: Path) -> None:
     daemon = ReapedDaemon(["sh", "-c", "echo failing to bind; exit 3"], output_path=tmp_path / "out")
     assert wait_until(lambda: daemon.exit_code is not None, timeout=10)
