@@ -22,8 +22,11 @@ class SourceRef:
 
     file: str
     line: int
+    command_line: bool = False  # a `-g` directive: nginx says `in command line`
 
     def __str__(self) -> str:
+        if self.command_line:
+            return "command line"
         return f"{self.file}:{self.line}"
 
 
