@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -331,3 +332,19 @@ def python_connect(
             while tls.recv(1024):
                 pass
         return greeting, tls.session, tls.session_reused
+
+
+def resumes(port: int, version: str, session_file: Path, *extra: str | Path) -> bool:
+    """Does a second `openssl s_client` resume the session the first one saved? (`-tls1_2`/`-tls1_3`)"""
+    session_file.unlink(missing_ok=True)
+    first = s_client(port, version, "-sess_out", session_file, *extra)
+    assert first.handshake_done, first.output
+    if not session_file.exists():
+        return False
+    second = s_client(port, version, "-sess_in", session_file, *extra)
+    assert second.handshake_done, second.output
+    return second.reused
+
+
+def unique_zone(size: int = 1 << 20) -> model.SharedCacheZone:
+    return model.SharedCacheZone(name=f"zone{uuid.uuid4().hex[:12]}", size=size)
