@@ -99,17 +99,18 @@ class Pki:
     client: tuple[Path, Path]
     client_expired: tuple[Path, Path]
     client_revoked: tuple[Path, Path]
-    client_deep: tuple[Path, Path]  # issued by an intermediate CA; the file carries the intermediate
+    client_deep: tuple[Path, Path]  # two intermediate CAs below ca, carried in the file
     client_untrusted: tuple[Path, Path]  # issued by other_ca
     client_self_signed: tuple[Path, Path]
     crl_file: Path  # revokes client_revoked (issued by ca)
-    crl_with_intermediate: Path  # ca's CRL plus an empty CRL of the intermediate
+    crl_with_intermediates: Path  # ca's CRL plus empty CRLs of both intermediates
 
 
 def make_pki(directory: Path) -> Pki:
     ca = trustme.CA(organization_name="Mailgate Test CA")
     other = trustme.CA(organization_name="Somebody Else")
     intermediate = ca.create_child_ca()
+    second_intermediate = intermediate.create_child_ca()
     now = datetime.datetime.now(datetime.UTC)
     server_rsa = ca.issue_cert("localhost", common_name="mail.test", key_type=trustme.KeyType.RSA)
     server_ecdsa = ca.issue_cert("localhost", common_name="mail.test", key_type=trustme.KeyType.ECDSA)
@@ -121,7 +122,7 @@ def make_pki(directory: Path) -> Pki:
         not_after=now - datetime.timedelta(days=1),
     )
     revoked = ca.issue_cert("carol@example.com", common_name="carol")
-    deep = intermediate.issue_cert("dave@example.com", common_name="dave")
+    deep = second_intermediate.issue_cert("dave@example.com", common_name="dave")
     untrusted = other.issue_cert("eve@example.com", common_name="eve")
     pki = Pki(
         directory=directory,
@@ -136,11 +137,11 @@ def make_pki(directory: Path) -> Pki:
         client_untrusted=_leaf_files(directory, "client-untrusted", untrusted),
         client_self_signed=_self_signed(directory, "client-self-signed"),
         crl_file=directory / "ca.crl",
-        crl_with_intermediate=directory / "chain.crl",
+        crl_with_intermediates=directory / "chain.crl",
     )
     crl = _crl(ca, [_serial(pki.client_revoked[0])])
     _write(pki.crl_file, crl)
-    _write(pki.crl_with_intermediate, crl, _crl(intermediate, []))
+    _write(pki.crl_with_intermediates, crl, _crl(intermediate, []), _crl(second_intermediate, []))
     return pki
 
 
@@ -331,7 +332,7 @@ def python_connect(
         with contextlib.suppress(OSError, ssl.SSLError):
             while tls.recv(1024):
                 pass
-        return greeting, tls.session, tls.session_reused
+        return greeting, tls.session, bool(tls.session_reused)
 
 
 def resumes(port: int, version: str, session_file: Path, *extra: str | Path) -> bool:
