@@ -158,3 +158,22 @@ def test_rejected_session_is_removed_from_the_shared_cache(pki: Pki, tmp_path: P
     assert accepted_resumes
     assert not rejected_resumes
     assert statuses == [CertStatus.OK, CertStatus.OK, CertStatus.CERT_ERROR, CertStatus.CERT_ERROR]
+
+
+def test_resumed_session_carries_the_original_certificate_and_verify_result(pki: Pki, tmp_path: Path) -> None:
+    server = server_config(
+        (pair(*pki.server_ecdsa),),
+        verify_client=ON,
+        client_certificate=pki.ca_file,
+        session_cache=SessionCache(mode="cache", builtin=True),
+    )
+    client: list[str | Path] = ["-cert", pki.client[0], "-key", pki.client[1]]
+    with serving(build_server_context(server)) as running:
+        assert resumes(running.port, "-tls1_2", tmp_path / "session.pem", *client)
+        first, second = running.next_accepted(), running.next_accepted()
+    assert second.facts.resumed and second.check.ok
+    assert second.facts.verify == "SUCCESS"
+    assert second.facts.certificate is not None and first.facts.certificate is not None
+    assert second.facts.certificate.fingerprint == first.facts.certificate.fingerprint
+    assert first.facts.certificate.presented_on_this_connection
+    assert not second.facts.certificate.presented_on_this_connection

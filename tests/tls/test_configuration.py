@@ -288,3 +288,10 @@ def test_starttls_server_names_the_starttls_directive(pki: Pki) -> None:
         str(caught.value)
         == 'no "ssl_certificate" is defined for the "starttls" directive in /etc/mailgate/mail.conf:3'
     )
+
+
+def test_certificate_compression_is_reported_as_unsupported_on_openssl_3_0(pki: Pki) -> None:
+    assert _build(pki).warnings == ()
+    assert _build(pki, certificate_compression=True).warnings == (
+        '"ssl_certificate_compression" ignored, not supported',
+    )

@@ -70,3 +70,12 @@ def test_garbage_instead_of_a_client_hello_fails_only_that_connection(pki: Pki) 
             raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello cut short
         greeting, _session, _resumed = python_connect(server.port, python_client_context())
     assert greeting == b"* OK ready\r\n"
+
+
+def test_sni_is_reported_but_selects_nothing(pki: Pki) -> None:
+    tls = build_server_context(server_config((pair(*pki.server_ecdsa),)))
+    with serving(tls) as server:
+        result = s_client(server.port, "-servername", "imap.example.org")
+        facts = server.next_accepted().facts
+    assert result.handshake_done
+    assert facts.server_name == "imap.example.org"

@@ -5,6 +5,8 @@ import os
 import re
 import signal
 import socket
+import ssl
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,17 @@ import pytest
 from mailgate.config.model import SessionCache
 from mailgate.tls import ServerTls, after_fork, build_server_context
 from mailgate.tls.sessions import SharedSessionCache
-from tests.tls.support import Pki, pair, resumes, s_client, server_config, serving, unique_zone
+from tests.tls.support import (
+    Pki,
+    pair,
+    python_client_context,
+    python_connect,
+    resumes,
+    s_client,
+    server_config,
+    serving,
+    unique_zone,
+)
 
 # Observed on nginx 1.22.1 (mail, same OpenSSL): resumption happens iff tickets are on or a cache stores.
 CACHES = {
@@ -155,3 +167,56 @@ def test_shared_zone_refuses_oversized_sessions(tmp_path: Path) -> None:
     assert not zone.store(b"a" * 32, b"x" * 8193, 300)
     assert not zone.store(b"a" * 33, b"x", 300)
     assert zone.store(b"a" * 32, b"x" * 8192, 300)
+
+
+def _ticket_lifetime_hint(session_file: Path) -> int:
+    text = subprocess.run(
+        ["openssl", "sess_id", "-in", str(session_file), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"lifetime hint: (\d+)", text)
+    assert match is not None, text
+    return int(match.group(1))
+
+
+def test_tls13_resumption_does_not_extend_a_sessions_lifetime(pki: Pki, tmp_path: Path) -> None:
+    server = server_config((pair(*pki.server_ecdsa),))
+    first, renewed = tmp_path / "first.pem", tmp_path / "renewed.pem"
+    with serving(build_server_context(server)) as running:
+        assert s_client(running.port, "-tls1_3", "-sess_out", first).handshake_done
+        time.sleep(1.2)  # let the clock pass at least one whole second
+        resumed = s_client(running.port, "-tls1_3", "-sess_in", first, "-sess_out", renewed)
+    assert resumed.reused
+    assert _ticket_lifetime_hint(first) == 300
+    assert _ticket_lifetime_hint(renewed) < 300
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_python_client_resumes_a_session(pki: Pki, version: ssl.TLSVersion) -> None:
+    server = server_config((pair(*pki.server_ecdsa),), session_cache=SessionCache(mode="cache", builtin=True))
+    context = python_client_context(maximum_version=version, minimum_version=version)
+    with serving(build_server_context(server)) as running:
+        _greeting, session, first_resumed = python_connect(running.port, context)
+        _greeting, _session, second_resumed = python_connect(running.port, context, session)
+        facts = [running.next_accepted().facts for _ in range(2)]
+    assert not first_resumed and second_resumed
+    assert [fact.resumed for fact in facts] == [False, True]
+
+
+def test_a_failing_shared_store_only_costs_resumption(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> None:
+        raise OSError("store unavailable")
+
+    monkeypatch.setattr(SharedSessionCache, "store", broken)
+    monkeypatch.setattr(SharedSessionCache, "fetch", broken)
+    server = server_config(
+        (pair(*pki.server_ecdsa),),
+        session_cache=SessionCache(mode="cache", shared=unique_zone()),
+        session_tickets=False,
+    )
+    with serving(build_server_context(server)) as running:
+        assert not resumes(running.port, "-tls1_2", tmp_path / "session.pem")

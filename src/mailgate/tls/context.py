@@ -97,6 +97,7 @@ class ServerTls:
     server: ServerConfig
     session_id_context: bytes  # what nginx would compute: SHA-1 of "MAIL", certificates, client CA names
     shared_cache: SharedSessionCache | None = None
+    warnings: tuple[str, ...] = ()  # nginx's [warn] lines for this context (the caller logs them)
 
 
 class AlertFlushingSSLObject(ssl.SSLObject):
@@ -190,6 +191,11 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
     if settings.prefer_server_ciphers:
         libssl.SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE)
 
+    warnings: list[str] = []
+    if settings.certificate_compression:
+        # RFC 8879 compression needs OpenSSL 3.2+; nginx warns and goes on without it.
+        warnings.append('"ssl_certificate_compression" ignored, not supported')
+
     certificate_hashes = [
         _use_certificate(ctx, pair.certificate, pair.key, settings.passwords)
         for pair in settings.certificates
@@ -227,7 +233,13 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
     )
     callbacks.register(ctx, state)
     weakref.finalize(context, callbacks.unregister, ctx)
-    return ServerTls(context=context, server=server, session_id_context=session_id_context, shared_cache=zone)
+    return ServerTls(
+        context=context,
+        server=server,
+        session_id_context=session_id_context,
+        shared_cache=zone,
+        warnings=tuple(warnings),
+    )
 
 
 def _set_fixed_options(ctx: int, protocols: frozenset[str]) -> None:
