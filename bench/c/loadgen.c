@@ -196,13 +196,13 @@ static int scan(struct conn *c, const struct step *s) {
 			found = 1;
 		} else if (strncmp(line, "-ERR", 4) == 0 || ((line[0] == '4' || line[0] == '5') && len > 4 && line[3] != '-'
 		                                             && s->arg[0] >= '0' && s->arg[0] <= '9')) {
-			fprintf(stderr, "loadgen: unexpected reply %.*s", (int)len, line);
+			if (errors < 3) fprintf(stderr, "loadgen: unexpected reply %.*s", (int)len, line);
 			return -1;
 		} else if (len >= 4 && line[len - 2] == '\r' && line[len - 3] == '}') {
 			char *brace = memrchr(line, '{', len);
 			if (brace) c->skip = strtoull(brace + 1, NULL, 10);
 		} else if (line[0] == s->arg[0] && line[1] == ' ' && line[0] != '*') { /* our tag, but not OK */
-			fprintf(stderr, "loadgen: unexpected reply %.*s", (int)len, line);
+			if (errors < 3) fprintf(stderr, "loadgen: unexpected reply %.*s", (int)len, line);
 			return -1;
 		}
 	}
@@ -214,6 +214,7 @@ static int scan(struct conn *c, const struct step *s) {
 static SSL *new_ssl(struct conn *c) {
 	SSL *ssl = SSL_new(ctx);
 	SSL_set_fd(ssl, c->fd);
+	SSL_set_connect_state(ssl);
 	if (c->session) SSL_set_session(ssl, c->session);
 	return ssl;
 }
@@ -246,6 +247,7 @@ static void advance(struct conn *c) {
 			e = SSL_get_error(c->ssl, r);
 			ack_now(c);
 			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+			if (e == SSL_ERROR_SSL && errors < 3) ERR_print_errors_fp(stderr); /* the first few say why */
 			ERR_clear_error();
 			return finish(c, 0);
 		case SEND: {
@@ -477,7 +479,8 @@ int main(int argc, char **argv) {
 	double elapsed = now() - t0;
 
 	if (idle_mode) {
-		printf("{\"ready\": %ld, \"errors\": %ld, \"elapsed\": %.3f}\n", held_count, errors, elapsed);
+		printf("{\"ready\": %ld, \"errors\": %ld, \"elapsed\": %.3f, \"cpu_s\": %.4f}\n", held_count, errors,
+		       elapsed, cpu_seconds());
 		fflush(stdout);
 		struct pollfd in = {.fd = 0, .events = POLLIN};
 		poll(&in, 1, 600 * 1000); /* until the caller has measured (a line, or EOF) */

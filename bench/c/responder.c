@@ -15,7 +15,6 @@
  * buffer with back-pressure (EPOLLOUT), so a 64 MiB literal costs no memory.
  */
 #define _GNU_SOURCE
-#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,6 +47,7 @@ struct conn {
 	char tail[128];
 	size_t literal_left; /* IMAP: bytes of a client literal still to skip */
 	int in_data;         /* SMTP: inside DATA, until CRLF.CRLF */
+	char command[256];   /* IMAP: the first line of a command continued by literals */
 	int close_after;     /* close once the output is flushed */
 	int want_out;
 };
@@ -239,13 +239,17 @@ static void process(struct conn *c) {
 			char *brace = memrchr(line, '{', len);
 			if (brace) {
 				c->literal_left = strtoul(brace + 1, NULL, 10);
+				if (!c->command[0]) snprintf(c->command, sizeof c->command, "%s", line);
 				reply(c, "+ OK\r\n");
 				continue;
 			}
 		}
 		if (c->kind == IMAP) {
-			/* the command's first line carries the tag and the verb; continuation lines carry nothing new */
-			if (isalnum((unsigned char)line[0]) && strchr(line, ' ')) imap_command(c, line);
+			/* the command's first line carries the tag and the verb; the lines after its literals nothing new */
+			if (c->command[0]) {
+				imap_command(c, c->command);
+				c->command[0] = 0;
+			} else imap_command(c, line);
 		} else if (c->kind == POP3) pop3_command(c, line);
 		else smtp_command(c, line);
 	}

@@ -1,0 +1,224 @@
+"""Benchmark mailgate against nginx side by side: `bench/run [options]` (see `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from mailbench import docs, profile
+from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, Ports, mail_config, make_certificates
+from mailbench.report import Row, Side, chart, text_table
+from mailbench.scenarios import MIB, Load, Measurement, Scenario, all_scenarios, measure
+from mailbench.servers import BenchError, Server, run_responder, run_server, server_argv
+
+BENCH = Path(__file__).resolve().parent.parent
+REPO = BENCH.parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs for development (1 s, 1 round)")
+    parser.add_argument("--rounds", type=int, default=2, help="A B rounds per scenario (default 2)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per run (default 4)")
+    parser.add_argument("--max-sessions", type=int, default=200_000, help="session bound per run")
+    parser.add_argument("--fetch-mib", type=int, default=64, help="bulk FETCH size in MiB (default 64)")
+    parser.add_argument("--bulk-sessions", type=int, default=3, help="FETCHes per bulk run (default 3)")
+    parser.add_argument("--idle", type=int, default=5000, help="idle TLS connections (default 5000)")
+    parser.add_argument("--only", nargs="*", default=[], help="scenario keys (glob patterns) to run")
+    parser.add_argument("--profile-seconds", type=float, default=8.0, help="py-spy per profiled scenario")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of mailgate")
+    parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and its chart")
+    parser.add_argument("--mailgate", default=str(REPO / ".venv/bin/mailgate"), help="mailgate binary")
+    parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx binary")
+    parser.add_argument("--base-port", type=int, default=23000, help="first of the ports the bench uses")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.fetch_mib, args.bulk_sessions = 1, 1.0, 8, 1
+        args.idle, args.profile_seconds = min(args.idle, 500), 3.0
+    return args
+
+
+def _check_ports_free(ports: list[int]) -> None:
+    for port in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as error:
+                raise BenchError(f"port {port} is busy ({error}); choose another --base-port") from None
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _describe(m: Measurement, scenario: Scenario) -> str:
+    if scenario.kind == "idle":
+        return f"{m.memory_kib:.1f} KiB/conn ({m.sessions} held, {m.errors} errors)"
+    unit = "MB/s" if scenario.kind == "bulk" else "/s"
+    return (
+        f"{m.rate:.1f}{unit} p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms, cpu {m.cpu_per_op_ms:.3f} ms/op "
+        f"(generator {m.client_cpu:.2f}s vs server {m.server_cpu:.2f}s), {m.sessions} ok {m.errors} errors"
+    )
+
+
+def run_table(
+    scenarios: list[Scenario], servers: list[Server], loadgen: Path, load: Load, rounds: int
+) -> list[Row]:
+    rows = []
+    for scenario in scenarios:
+        runs: dict[str, list[Measurement]] = {s.name: [] for s in servers}
+        for round_number in range(rounds):
+            for server in servers:  # A B A B: machine noise hits both sides alike
+                m = measure(loadgen, scenario, server, load)
+                runs[server.name].append(m)
+                _progress(f"  {scenario.key} [{round_number + 1}] {server.name}: {_describe(m, scenario)}")
+        rows.append(Row(scenario, Side.of(runs["nginx"]), Side.of(runs["mailgate"])))
+    return rows
+
+
+def run_profiles(
+    *, mailgate: Server, loadgen: Path, scenarios: list[Scenario], load: Load, seconds: float, workdir: Path
+) -> list[profile.Profile]:
+    py_spy = profile.py_spy_binary(Path(sys.executable).parent)
+    if py_spy is None:
+        _progress("py-spy is not installed: no profile")
+        return []
+    found = []
+    for scenario in scenarios:
+        raw = workdir / f"profile-{scenario.key}.txt"
+        raw.unlink(missing_ok=True)
+        recorder = profile.start(py_spy, mailgate.process.pid, seconds, raw)
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        profiled = dataclasses.replace(load, seconds=seconds - 1.0)
+        measure(loadgen, scenario, mailgate, profiled)
+        _, errors = recorder.communicate(timeout=seconds + 60)
+        if not raw.exists():
+            _progress(f"py-spy failed: {errors.decode(errors='replace')}")
+            continue
+        found.append(profile.summarize(raw, scenario.title))
+        _progress(f"  profiled {scenario.key}: {found[-1].samples} samples")
+    return found
+
+
+def machine_facts(nginx: str, mailgate: str) -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except OSError:
+            return "?"
+        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr) else "?"
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} CPUs (shared with other work)",
+        "kernel": platform.release(),
+        "nginx": first_line([nginx, "-v"]),
+        "mailgate": first_line([mailgate, "-v"]),
+        "openssl": first_line(["openssl", "version"]),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    workdir = BENCH / "results"
+    workdir.mkdir(exist_ok=True)
+    loadgen, responder = BENCH / "build/loadgen", BENCH / "build/responder"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = RLIMIT_NOFILE if hard == resource.RLIM_INFINITY else min(RLIMIT_NOFILE, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+    base = args.base_port
+    ports = Ports(auth=base, imap_backend=base + 1, pop3_backend=base + 2, smtp_backend=base + 3)
+    bases = {"nginx": base + 100, "mailgate": base + 200}
+    server_ports = {name: [b + offset for offset in PORT_OFFSETS.values()] for name, b in bases.items()}
+    _check_ports_free([*map(int, ports.responder_args()), *server_ports["nginx"], *server_ports["mailgate"]])
+    make_certificates(workdir / "certs")
+
+    selected = [
+        s
+        for s in all_scenarios(args.fetch_mib * MIB, args.idle)
+        if not args.only or any(fnmatch.fnmatch(s.key, pattern) for pattern in args.only)
+    ]
+    load = Load(args.seconds, args.max_sessions, args.bulk_sessions, args.idle)
+    binaries = {"nginx": args.nginx, "mailgate": args.mailgate}
+    with ExitStack() as stack:
+        stack.enter_context(run_responder(responder, ports.responder_args(), workdir / "responder.log"))
+        servers = []
+        for name, b in bases.items():
+            prefix = workdir / name
+            prefix.mkdir(exist_ok=True)
+            conf = prefix / f"{name}.conf"
+            conf.write_text(mail_config(b, ports, workdir / "certs"))
+            argv_ = server_argv(name, binaries[name], prefix, conf)
+            servers.append(stack.enter_context(run_server(name, argv_, prefix, b, server_ports[name])))
+        for server in servers:
+            _progress(f"{server.name}: pids {server.pids}")
+        warmup = Load(1.0, 2000, 1, 100)
+        for server in servers:
+            measure(loadgen, all_scenarios(MIB, 100)[0], server, warmup)
+        rows = run_table(selected, servers, loadgen, load, args.rounds)
+        print(text_table(rows))
+        profiles: list[profile.Profile] = []
+        if not args.no_profile:
+            keys = ("imaps-c16-delayed", "bulk-default")
+            profiled = [s for s in all_scenarios(args.fetch_mib * MIB, args.idle) if s.key in keys]
+            profiles = run_profiles(
+                mailgate=servers[1],
+                loadgen=loadgen,
+                scenarios=profiled,
+                load=load,
+                seconds=args.profile_seconds,
+                workdir=workdir,
+            )
+            for found in profiles:
+                print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found)}")
+        log_sizes = {s.name: (s.prefix / "error.log").stat().st_size for s in servers}
+    facts = machine_facts(args.nginx, args.mailgate)
+    (workdir / "results.json").write_text(
+        json.dumps(
+            {"args": vars(args), "machine": facts, "rows": [dataclasses.asdict(r) for r in rows]},
+            indent=1,
+            default=str,
+        )
+    )
+    if args.docs:
+        png = REPO / "docs/benchmarks.png"
+        charted = chart(rows, png)
+        command = "bench/run " + " ".join(argv)
+        text = docs.render(
+            rows=rows,
+            profiles=profiles,
+            facts=facts,
+            args=args,
+            command=command.strip(),
+            charted=charted,
+            log_sizes=log_sizes,
+        )
+        (REPO / "docs/benchmarks.md").write_text(text)
+        _progress("wrote docs/benchmarks.md" + (" and docs/benchmarks.png" if charted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        sys.exit(1)
