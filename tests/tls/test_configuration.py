@@ -295,3 +295,12 @@ def test_certificate_compression_is_reported_as_unsupported_on_openssl_3_0(pki: 
     assert _build(pki, certificate_compression=True).warnings == (
         '"ssl_certificate_compression" ignored, not supported',
     )
+
+
+def test_tls1_works_when_listed_and_the_security_level_allows_it(pki: Pki) -> None:
+    legacy = "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0"
+    with serving(_build(pki, protocols=frozenset({"TLSv1", "TLSv1.3"}), ciphers=legacy)) as running:
+        tls1 = s_client(running.port, "-tls1", "-cipher", legacy)
+        tls11 = s_client(running.port, "-tls1_1", "-cipher", legacy)
+    assert tls1.protocol == "TLSv1"
+    assert not tls11.handshake_done
