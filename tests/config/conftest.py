@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,5 +63,3 @@ class ConfDir:
 def conf(tmp_path: Path) -> ConfDir:
     return ConfDir(tmp_path)
 
-
-LoadError = Callable[[str], ConfigError]

@@ -23,6 +23,7 @@ def test_unknown_directive_is_reported_with_file_and_line(conf: ConfDir) -> None
     error = conf.error(EVENTS + "\nfoo bar;\n")
     assert str(error) == f'unknown directive "foo" in {conf.where(3)}'
     assert error.level == "emerg"
+    assert not error.syntax_ok
 
 
 def test_directive_of_another_context_is_not_allowed_here(conf: ConfDir) -> None:
@@ -73,6 +74,7 @@ def test_missing_events_block(conf: ConfDir) -> None:
     error = conf.error("worker_processes 1;\n")
     assert str(error) == 'no "events" section in configuration'
     assert error.source is None
+    assert error.syntax_ok
 
 
 def test_main_file_that_cannot_be_opened(tmp_path: Path) -> None:

@@ -40,14 +40,18 @@ class ConfigError(Exception):
 
     `mailgate: [emerg] unknown directive "x" in /etc/mailgate/mail.conf:12` is printed from
     `ConfigError('unknown directive "x"', SourceRef("/etc/mailgate/mail.conf", 12))`.
-    `warnings` holds what loading reported before the error (nginx prints those first).
+    `warnings` holds what loading reported before the error (nginx prints those first). `syntax_ok` is
+    True for errors nginx finds after reading the whole file, once it has printed `syntax is ok`.
     """
 
-    def __init__(self, message: str, source: SourceRef | None = None, level: str = "emerg") -> None:
+    def __init__(
+        self, message: str, source: SourceRef | None = None, level: str = "emerg", *, syntax_ok: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.source = source
         self.level = level
+        self.syntax_ok = syntax_ok
         self.warnings: list[ConfigWarning] = []
 
     def __str__(self) -> str:

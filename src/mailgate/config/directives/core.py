@@ -345,7 +345,7 @@ def build_main(main: Level, loader: LoadContext) -> MainConfig:
     """The main context after parsing (ngx_core_module_init_conf, ngx_event_init_conf)."""
     conf = main.conf(CoreConf)
     if conf.events is None:
-        raise ConfigError('no "events" section in configuration')
+        raise ConfigError('no "events" section in configuration', syntax_ok=True)
     events = conf.events.conf(EventsConf)
     error_logs = conf.error_logs or [ErrorLogTarget(path=Path(loader.prefix_path(DEFAULT_ERROR_LOG)))]
     return MainConfig(

@@ -72,7 +72,8 @@ class MailCoreConf:
 
 
 def _server(call: DirectiveCall, mail: Level) -> None:
-    server = Level(Context.SERVER, call.source, mail.conf_types, mail)
+    conf_types = [conf_type for conf_type in mail.conf_types if conf_type is not MailMainConf]
+    server = Level(Context.SERVER, call.source, conf_types, mail)
     mail.conf(MailMainConf).servers.append(server)
     call.loader.parse_block(Context.SERVER, server)
     if not server.conf(MailCoreConf).has_listen:
