@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mailgate.config.errors import ConfigError
-from mailgate.config.model import PemSource, SourceRef
+from mailgate.config.model import PemSource
 from mailgate.tls.libssl import (
     BIO_CTRL_RESET,
     OSSL_STORE_INFO_PKEY,
@@ -71,32 +71,30 @@ def _read_x509_chain(bio: int, first_reader: str) -> tuple[list[int], str | None
         return [], "PEM_read_bio_X509() failed"
 
 
-def load_certificate_chain(source: PemSource, where: SourceRef | None) -> list[int]:
+def load_certificate_chain(source: PemSource) -> list[int]:
     """Leaf first, then the chain exactly as the file (or `data:`) has it."""
     crypto.ERR_clear_error()
     with _bio(source) as bio:
         if not bio:
-            raise ConfigError(
-                f'cannot load certificate "{source}": {_bio_failure(source)}{error_suffix()}', where
-            )
+            raise ConfigError(f'cannot load certificate "{source}": {_bio_failure(source)}{error_suffix()}')
         chain, error = _read_x509_chain(bio, "PEM_read_bio_X509_AUX")
     if error is not None:
-        raise ConfigError(f'cannot load certificate "{source}": {error}{error_suffix()}', where)
+        raise ConfigError(f'cannot load certificate "{source}": {error}{error_suffix()}')
     return chain
 
 
-def load_ca_certificates(path: Path, where: SourceRef | None) -> list[int]:
+def load_ca_certificates(path: Path) -> list[int]:
     """The certificates of an `ssl_client_certificate` / `ssl_trusted_certificate` file."""
-    return load_certificate_chain(PemSource(kind="file", path=path, text=str(path)), where)
+    return load_certificate_chain(PemSource(kind="file", path=path, text=str(path)))
 
 
-def load_crls(path: Path, where: SourceRef | None) -> list[int]:
+def load_crls(path: Path) -> list[int]:
     """Every CRL of an `ssl_crl` file (at least one)."""
     crypto.ERR_clear_error()
     crls: list[int] = []
     with _bio(PemSource(kind="file", path=path, text=str(path))) as bio:
         if not bio:
-            raise ConfigError(f'cannot load CRL "{path}": BIO_new_file() failed{error_suffix()}', where)
+            raise ConfigError(f'cannot load CRL "{path}": BIO_new_file() failed{error_suffix()}')
         while True:
             crl = crypto.PEM_read_bio_X509_CRL(bio, None, None, None)
             if crl:
@@ -107,9 +105,7 @@ def load_crls(path: Path, where: SourceRef | None) -> list[int]:
                 return crls
             for item in crls:
                 crypto.X509_CRL_free(item)
-            raise ConfigError(
-                f'cannot load CRL "{path}": PEM_read_bio_X509_CRL() failed{error_suffix()}', where
-            )
+            raise ConfigError(f'cannot load CRL "{path}": PEM_read_bio_X509_CRL() failed{error_suffix()}')
 
 
 class _Passphrases:
@@ -130,19 +126,19 @@ class _Passphrases:
         return len(passphrase)
 
 
-def load_private_key(source: PemSource, passwords: Sequence[bytes] | None, where: SourceRef | None) -> int:
+def load_private_key(source: PemSource, passwords: Sequence[bytes] | None) -> int:
     """An EVP_PKEY from a file, `data:`, `engine:name:id` or `store:uri`, trying each passphrase in turn."""
     crypto.ERR_clear_error()
     if source.kind == "engine":
-        return _load_engine_key(source, where)
+        return _load_engine_key(source)
     if source.kind == "store":
-        return _load_store_key(source, passwords, where)
+        return _load_store_key(source, passwords)
     passphrases = _Passphrases()
     candidates: Sequence[bytes | None] = passwords if passwords else [None]
     with _bio(source) as bio:
         if not bio:
             raise ConfigError(
-                f'cannot load certificate key "{source}": {_bio_failure(source)}{error_suffix()}', where
+                f'cannot load certificate key "{source}": {_bio_failure(source)}{error_suffix()}'
             )
         for attempt, passphrase in enumerate(candidates):
             passphrases.current = passphrase
@@ -155,32 +151,30 @@ def load_private_key(source: PemSource, passwords: Sequence[bytes] | None, where
                 crypto.BIO_ctrl(bio, BIO_CTRL_RESET, 0, None)
         passphrases.current = None
     raise ConfigError(
-        f'cannot load certificate key "{source}": PEM_read_bio_PrivateKey() failed{error_suffix()}', where
+        f'cannot load certificate key "{source}": PEM_read_bio_PrivateKey() failed{error_suffix()}'
     )
 
 
-def _load_engine_key(source: PemSource, where: SourceRef | None) -> int:
+def _load_engine_key(source: PemSource) -> int:
     if not source.engine or source.key_id is None:
-        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax', where)
+        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax')
     engine = crypto.ENGINE_by_id(source.engine.encode())
     if not engine:
-        raise ConfigError(
-            f'cannot load certificate key "{source}": ENGINE_by_id() failed{error_suffix()}', where
-        )
+        raise ConfigError(f'cannot load certificate key "{source}": ENGINE_by_id() failed{error_suffix()}')
     try:
         key = crypto.ENGINE_load_private_key(engine, source.key_id.encode(), None, None)
     finally:
         crypto.ENGINE_free(engine)
     if not key:
         raise ConfigError(
-            f'cannot load certificate key "{source}": ENGINE_load_private_key() failed{error_suffix()}', where
+            f'cannot load certificate key "{source}": ENGINE_load_private_key() failed{error_suffix()}'
         )
     return int(key)
 
 
-def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None, where: SourceRef | None) -> int:
+def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None) -> int:
     if not source.uri:
-        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax', where)
+        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax')
     passphrases = _Passphrases()
     # Only the first passphrase is offered to a store (nginx has no retry loop there).
     passphrases.current = passwords[0] if passwords else None
@@ -189,7 +183,7 @@ def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None, where:
     try:
         if not store:
             raise ConfigError(
-                f'cannot load certificate key "{source}": OSSL_STORE_open() failed{error_suffix()}', where
+                f'cannot load certificate key "{source}": OSSL_STORE_open() failed{error_suffix()}'
             )
         while not crypto.OSSL_STORE_eof(store):
             info = crypto.OSSL_STORE_load(store)
@@ -205,9 +199,7 @@ def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None, where:
                         return int(key)
             finally:
                 crypto.OSSL_STORE_INFO_free(info)
-        raise ConfigError(
-            f'cannot load certificate key "{source}": OSSL_STORE_load() failed{error_suffix()}', where
-        )
+        raise ConfigError(f'cannot load certificate key "{source}": OSSL_STORE_load() failed{error_suffix()}')
     finally:
         if store:
             crypto.OSSL_STORE_close(store)
@@ -215,15 +207,15 @@ def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None, where:
             crypto.UI_destroy_method(ui_method)
 
 
-def load_dh_parameters(path: Path, where: SourceRef | None) -> int:
+def load_dh_parameters(path: Path) -> int:
     """An EVP_PKEY of DH parameters (OpenSSL 3: PEM_read_bio_Parameters)."""
     crypto.ERR_clear_error()
     with _bio(PemSource(kind="file", path=path, text=str(path))) as bio:
         if not bio:
-            raise ConfigError(f'BIO_new_file("{path}") failed{error_suffix()}', where)
+            raise ConfigError(f'BIO_new_file("{path}") failed{error_suffix()}')
         parameters = crypto.PEM_read_bio_Parameters(bio, None)
     if not parameters:
-        raise ConfigError(f'PEM_read_bio_Parameters("{path}") failed{error_suffix()}', where)
+        raise ConfigError(f'PEM_read_bio_Parameters("{path}") failed{error_suffix()}')
     return int(parameters)
 
 

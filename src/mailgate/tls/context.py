@@ -205,7 +205,7 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
         _configure_client_verification(server, ctx)
 
     if settings.dhparam is not None:
-        parameters = load_dh_parameters(settings.dhparam, None)
+        parameters = load_dh_parameters(settings.dhparam)
         if libssl.SSL_CTX_set0_tmp_dh_pkey(ctx, parameters) != 1:
             crypto.EVP_PKEY_free(parameters)
             raise ConfigError(f'SSL_CTX_set0_tmp_dh_pkey("{settings.dhparam}") failed{error_suffix()}')
@@ -262,7 +262,7 @@ def _use_certificate(
     ctx: int, certificate: PemSource, key: PemSource, passwords: tuple[bytes, ...] | None
 ) -> bytes:
     """Install one certificate (with its chain from the same source only) and its key; its SHA-1."""
-    chain = load_certificate_chain(certificate, None)
+    chain = load_certificate_chain(certificate)
     leaf, intermediates = chain[0], chain[1:]
     try:
         if libssl.SSL_CTX_use_certificate(ctx, leaf) == 0:
@@ -278,7 +278,7 @@ def _use_certificate(
         free_x509s(intermediates)
         crypto.OPENSSL_sk_free(stack)
         raise ConfigError(f'SSL_CTX_set0_chain("{certificate}") failed{error_suffix()}')
-    private_key = load_private_key(key, passwords, None)
+    private_key = load_private_key(key, passwords)
     try:
         if libssl.SSL_CTX_use_PrivateKey(ctx, private_key) == 0:
             raise ConfigError(f'SSL_CTX_use_PrivateKey("{key}") failed{error_suffix()}')
@@ -308,7 +308,7 @@ def _configure_client_verification(server: ServerConfig, ctx: int) -> None:
     store = libssl.SSL_CTX_get_cert_store(ctx)
     if settings.client_certificate is not None:
         names = crypto.OPENSSL_sk_new_null()
-        certificates = load_ca_certificates(settings.client_certificate, None)
+        certificates = load_ca_certificates(settings.client_certificate)
         try:
             for x509 in certificates:
                 _add_to_store(store, x509, settings.client_certificate)
@@ -317,14 +317,14 @@ def _configure_client_verification(server: ServerConfig, ctx: int) -> None:
             free_x509s(certificates)
         libssl.SSL_CTX_set_client_CA_list(ctx, names)
     if settings.trusted_certificate is not None:
-        certificates = load_ca_certificates(settings.trusted_certificate, None)
+        certificates = load_ca_certificates(settings.trusted_certificate)
         try:
             for x509 in certificates:
                 _add_to_store(store, x509, settings.trusted_certificate)
         finally:
             free_x509s(certificates)
     if settings.crl is not None:
-        crls = load_crls(settings.crl, None)
+        crls = load_crls(settings.crl)
         try:
             for crl in crls:
                 if crypto.X509_STORE_add_crl(store, crl) != 1:
@@ -398,7 +398,7 @@ def _configure_session_cache(server: ServerConfig, ctx: int) -> SharedSessionCac
 def _ticket_key_ring(server: ServerConfig, zone: SharedSessionCache | None) -> TicketKeyRing | None:
     settings = server.ssl
     if settings.session_ticket_keys:
-        return TicketKeyRing([read_ticket_key_file(path, None) for path in settings.session_ticket_keys])
+        return TicketKeyRing([read_ticket_key_file(path) for path in settings.session_ticket_keys])
     if zone is not None:
         return TicketKeyRing(shared=zone)
     return None

@@ -7,18 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailgate.config.errors import ConfigError
-from mailgate.config.model import SourceRef
 from mailgate.tls.sessions import SharedSessionCache, TicketKey
 
 
-def read_ticket_key_file(path: Path, source: SourceRef | None) -> TicketKey:
+def read_ticket_key_file(path: Path) -> TicketKey:
     """One key file: exactly 48 or 80 bytes, else nginx's `"FILE" must be 48 or 80 bytes`."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f'open() "{path}" failed ({error.errno}: {error.strerror})', source) from None
+        raise ConfigError(f'open() "{path}" failed ({error.errno}: {error.strerror})') from None
     if len(data) not in (48, 80):
-        raise ConfigError(f'"{path}" must be 48 or 80 bytes', source)
+        raise ConfigError(f'"{path}" must be 48 or 80 bytes')
     return TicketKey.from_file_bytes(data)
 
 
