@@ -62,4 +62,3 @@ class ConfDir:
 @pytest.fixture
 def conf(tmp_path: Path) -> ConfDir:
     return ConfDir(tmp_path)
-

@@ -12,15 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Flag, auto
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailgate.config.address import HostLookup
-from mailgate.config.errors import ConfigError, conf_error
+from mailgate.config.errors import ConfigError, ConfigWarning, conf_error
 from mailgate.config.model import SourceRef
 from mailgate.config.values import atoi, parse_flag, parse_size, parse_time, shown
-
-if TYPE_CHECKING:
-    from mailgate.config.errors import ConfigWarning
 
 
 class Context(Flag):
@@ -37,7 +34,7 @@ class Context(Flag):
 
 
 class Shape(Flag):
-    """Argument shape (nginx's NGX_CONF_NOARGS ... NGX_CONF_2MORE, NGX_CONF_BLOCK)."""
+    """Argument shape (nginx's NGX_CONF_NOARGS ... NGX_CONF_1MORE, NGX_CONF_BLOCK)."""
 
     NOARGS = auto()
     TAKE1 = auto()
@@ -49,7 +46,6 @@ class Shape(Flag):
     TAKE7 = auto()
     FLAG = auto()
     ONE_MORE = auto()
-    TWO_MORE = auto()
     BLOCK = auto()
 
     TAKE12 = TAKE1 | TAKE2
@@ -61,8 +57,6 @@ class Shape(Flag):
             return count == 1
         if Shape.ONE_MORE in self:
             return count >= 1
-        if Shape.TWO_MORE in self:
-            return count >= 2
         fixed = (
             Shape.NOARGS,
             Shape.TAKE1,
@@ -133,8 +127,6 @@ class DirectiveCall:
         return conf_error(f'"{shown(self.name)}" directive {reason}', self.source)
 
     def warn(self, message: str, level: str = "warn") -> None:
-        from mailgate.config.errors import ConfigWarning
-
         self.loader.warn(ConfigWarning(level, message, self.source))
 
 
