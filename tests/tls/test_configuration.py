@@ -304,3 +304,9 @@ def test_tls1_works_when_listed_and_the_security_level_allows_it(pki: Pki) -> No
         tls11 = s_client(running.port, "-tls1_1", "-cipher", legacy)
     assert tls1.protocol == "TLSv1"
     assert not tls11.handshake_done
+
+
+def test_files_are_named_by_their_full_path_in_messages(pki: Pki, tmp_path: Path) -> None:
+    written_relative = PemSource(kind="file", path=tmp_path / "missing.crt", text="missing.crt")
+    message = _error(pki, certificates=(CertificatePair(written_relative, pem_file(pki.server_ecdsa[1])),))
+    assert message.startswith(f'cannot load certificate "{tmp_path / "missing.crt"}": BIO_new_file() failed')

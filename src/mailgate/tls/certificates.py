@@ -49,6 +49,11 @@ def _bio(source: PemSource) -> Iterator[int | None]:
             crypto.BIO_free(bio)
 
 
+def source_name(source: PemSource) -> str:
+    """How nginx names a source in messages: files by full path, `data:` elided, engine/store as written."""
+    return str(source.path) if source.kind == "file" and source.path is not None else source.text
+
+
 def _bio_failure(source: PemSource) -> str:
     return "BIO_new_mem_buf() failed" if source.kind == "data" else "BIO_new_file() failed"
 
@@ -73,13 +78,14 @@ def _read_x509_chain(bio: int, first_reader: str) -> tuple[list[int], str | None
 
 def load_certificate_chain(source: PemSource) -> list[int]:
     """Leaf first, then the chain exactly as the file (or `data:`) has it."""
+    name = source_name(source)
     crypto.ERR_clear_error()
     with _bio(source) as bio:
         if not bio:
-            raise ConfigError(f'cannot load certificate "{source}": {_bio_failure(source)}{error_suffix()}')
+            raise ConfigError(f'cannot load certificate "{name}": {_bio_failure(source)}{error_suffix()}')
         chain, error = _read_x509_chain(bio, "PEM_read_bio_X509_AUX")
     if error is not None:
-        raise ConfigError(f'cannot load certificate "{source}": {error}{error_suffix()}')
+        raise ConfigError(f'cannot load certificate "{name}": {error}{error_suffix()}')
     return chain
 
 
@@ -128,6 +134,7 @@ class _Passphrases:
 
 def load_private_key(source: PemSource, passwords: Sequence[bytes] | None) -> int:
     """An EVP_PKEY from a file, `data:`, `engine:name:id` or `store:uri`, trying each passphrase in turn."""
+    name = source_name(source)
     crypto.ERR_clear_error()
     if source.kind == "engine":
         return _load_engine_key(source)
@@ -137,9 +144,7 @@ def load_private_key(source: PemSource, passwords: Sequence[bytes] | None) -> in
     candidates: Sequence[bytes | None] = passwords if passwords else [None]
     with _bio(source) as bio:
         if not bio:
-            raise ConfigError(
-                f'cannot load certificate key "{source}": {_bio_failure(source)}{error_suffix()}'
-            )
+            raise ConfigError(f'cannot load certificate key "{name}": {_bio_failure(source)}{error_suffix()}')
         for attempt, passphrase in enumerate(candidates):
             passphrases.current = passphrase
             key = crypto.PEM_read_bio_PrivateKey(bio, None, pointer_of(passphrases.callback), None)
@@ -151,30 +156,32 @@ def load_private_key(source: PemSource, passwords: Sequence[bytes] | None) -> in
                 crypto.BIO_ctrl(bio, BIO_CTRL_RESET, 0, None)
         passphrases.current = None
     raise ConfigError(
-        f'cannot load certificate key "{source}": PEM_read_bio_PrivateKey() failed{error_suffix()}'
+        f'cannot load certificate key "{name}": PEM_read_bio_PrivateKey() failed{error_suffix()}'
     )
 
 
 def _load_engine_key(source: PemSource) -> int:
-    if not source.engine or source.key_id is None:
-        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax')
+    name = source_name(source)
+    if source.engine is None or source.key_id is None:
+        raise ConfigError(f'cannot load certificate key "{name}": invalid syntax')
     engine = crypto.ENGINE_by_id(source.engine.encode())
     if not engine:
-        raise ConfigError(f'cannot load certificate key "{source}": ENGINE_by_id() failed{error_suffix()}')
+        raise ConfigError(f'cannot load certificate key "{name}": ENGINE_by_id() failed{error_suffix()}')
     try:
         key = crypto.ENGINE_load_private_key(engine, source.key_id.encode(), None, None)
     finally:
         crypto.ENGINE_free(engine)
     if not key:
         raise ConfigError(
-            f'cannot load certificate key "{source}": ENGINE_load_private_key() failed{error_suffix()}'
+            f'cannot load certificate key "{name}": ENGINE_load_private_key() failed{error_suffix()}'
         )
     return int(key)
 
 
 def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None) -> int:
+    name = source_name(source)
     if not source.uri:
-        raise ConfigError(f'cannot load certificate key "{source}": invalid syntax')
+        raise ConfigError(f'cannot load certificate key "{name}": invalid syntax')
     passphrases = _Passphrases()
     # Only the first passphrase is offered to a store (nginx has no retry loop there).
     passphrases.current = passwords[0] if passwords else None
@@ -183,7 +190,7 @@ def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None) -> int
     try:
         if not store:
             raise ConfigError(
-                f'cannot load certificate key "{source}": OSSL_STORE_open() failed{error_suffix()}'
+                f'cannot load certificate key "{name}": OSSL_STORE_open() failed{error_suffix()}'
             )
         while not crypto.OSSL_STORE_eof(store):
             info = crypto.OSSL_STORE_load(store)
@@ -199,7 +206,7 @@ def _load_store_key(source: PemSource, passwords: Sequence[bytes] | None) -> int
                         return int(key)
             finally:
                 crypto.OSSL_STORE_INFO_free(info)
-        raise ConfigError(f'cannot load certificate key "{source}": OSSL_STORE_load() failed{error_suffix()}')
+        raise ConfigError(f'cannot load certificate key "{name}": OSSL_STORE_load() failed{error_suffix()}')
     finally:
         if store:
             crypto.OSSL_STORE_close(store)

@@ -20,6 +20,7 @@ from mailgate.tls.certificates import (
     load_crls,
     load_dh_parameters,
     load_private_key,
+    source_name,
 )
 from mailgate.tls.libssl import (
     SSL_CONF_FLAG_CERTIFICATE,
@@ -267,7 +268,7 @@ def _use_certificate(
     try:
         if libssl.SSL_CTX_use_certificate(ctx, leaf) == 0:
             free_x509s(intermediates)
-            raise ConfigError(f'SSL_CTX_use_certificate("{certificate}") failed{error_suffix()}')
+            raise ConfigError(f'SSL_CTX_use_certificate("{source_name(certificate)}") failed{error_suffix()}')
         digest = _x509_sha1(leaf)
     finally:
         crypto.X509_free(leaf)
@@ -277,11 +278,11 @@ def _use_certificate(
     if libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_CHAIN, 0, stack) == 0:
         free_x509s(intermediates)
         crypto.OPENSSL_sk_free(stack)
-        raise ConfigError(f'SSL_CTX_set0_chain("{certificate}") failed{error_suffix()}')
+        raise ConfigError(f'SSL_CTX_set0_chain("{source_name(certificate)}") failed{error_suffix()}')
     private_key = load_private_key(key, passwords)
     try:
         if libssl.SSL_CTX_use_PrivateKey(ctx, private_key) == 0:
-            raise ConfigError(f'SSL_CTX_use_PrivateKey("{key}") failed{error_suffix()}')
+            raise ConfigError(f'SSL_CTX_use_PrivateKey("{source_name(key)}") failed{error_suffix()}')
     finally:
         crypto.EVP_PKEY_free(private_key)
     return digest
