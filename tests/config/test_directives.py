@@ -559,9 +559,9 @@ INVALID = [
     Invalid("resolver_timeout 5x;", MAIL_OR_SERVER, '"resolver_timeout" directive invalid value'),
     Invalid("max_errors -1;", MAIL_OR_SERVER, '"max_errors" directive invalid number'),
     # -- listen ------------------------------------------------------------------------------------------
-    Invalid("listen 127.0.0.1:144 reuseport;", SERVER, 'invalid parameter "reuseport"'),
-    Invalid("listen 127.0.0.1:144 default_server;", SERVER, 'invalid parameter "default_server"'),
-    Invalid("listen 127.0.0.1:144 ipv6only=maybe;", SERVER, 'invalid parameter "ipv6only=maybe"'),
+    Invalid("listen 127.0.0.1:144 reuseport;", SERVER, 'the invalid "reuseport" parameter'),
+    Invalid("listen 127.0.0.1:144 default_server;", SERVER, 'the invalid "default_server" parameter'),
+    Invalid("listen 127.0.0.1:144 ipv6only=maybe;", SERVER, 'the invalid "ipv6only=maybe" parameter'),
     Invalid("listen [::1]:144 ipv6only=of;", SERVER, 'invalid ipv6only flags "of"'),
     Invalid("listen 127.0.0.1:144 backlog=0;", SERVER, 'invalid backlog "backlog=0"'),
     Invalid("listen 127.0.0.1:144 backlog=x;", SERVER, 'invalid backlog "backlog=x"'),

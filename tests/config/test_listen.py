@@ -164,7 +164,7 @@ def test_duplicate_address_across_servers(conf: ConfDir) -> None:
 
 def test_parameters_are_checked_before_duplicates(conf: ConfDir) -> None:
     body = "server { listen 127.0.0.1:143; listen 127.0.0.1:143 bogus; }\n"
-    assert str(conf.error(EVENTS + MAIL_HEAD + body + "}\n")).startswith('invalid parameter "bogus"')
+    assert str(conf.error(EVENTS + MAIL_HEAD + body + "}\n")).startswith('the invalid "bogus" parameter')
 
 
 def test_wildcard_and_specific_address_on_one_port_are_both_kept(conf: ConfDir) -> None:

@@ -3,9 +3,9 @@
 `listen` follows nginx 1.31: every parameter of the spec (`ssl`, `proxy_protocol`, `bind`, `backlog=`,
 `rcvbuf=`, `sndbuf=`, `ipv6only=`, `multipath`, `so_keepalive=`), one socket per address of a host name
 and per port of a range, the protocol guessed from the first port while none is set, and one
-address:port per mail block (`duplicate "ADDR" address and port pair`). Unknown parameters give the
-1.31 text `invalid parameter "X"` (1.22 said `the invalid "X" parameter`). `backlog`, `rcvbuf` and
-`sndbuf` above 2**31 - 1 are taken as 2**31 - 1 (nginx truncates them to a C int).
+address:port per mail block (`duplicate "ADDR" address and port pair`). Unknown parameters give
+nginx's text `the invalid "X" parameter` (the spec's `invalid parameter "X"` paraphrases it).
+`backlog`, `rcvbuf` and `sndbuf` above 2**31 - 1 are taken as 2**31 - 1 (nginx truncates them to a C int).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def _apply_listen_parameter(call: DirectiveCall, parameter: str, options: _Liste
         options.so_keepalive = _so_keepalive(call, parameter[len("so_keepalive=") :])
         options.bind = True
     else:
-        raise call.error(f'invalid parameter "{shown(parameter)}"')
+        raise call.error(f'the invalid "{shown(parameter)}" parameter')
 
 
 def _so_keepalive(call: DirectiveCall, value: str) -> KeepAlive:
