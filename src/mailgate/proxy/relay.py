@@ -37,7 +37,7 @@ class Peer(asyncio.Protocol):
         self._reading_paused = False
         self._relay: Relay | None = None
 
-    # -- asyncio.Protocol ----------------------------------------------------------------------------------
+    # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -84,7 +84,7 @@ class Peer(asyncio.Protocol):
         if self._relay is not None:
             self._relay.resume_towards(self)
 
-    # -- buffered mode ---------------------------------------------------------------------------------------
+    # -- buffered mode
 
     @property
     def at_eof(self) -> bool:
@@ -208,7 +208,7 @@ class Relay:
         """End the relay from outside (a shutdown deadline): both sides are closed."""
         self._finish(reason)
 
-    # -- called by the peers ---------------------------------------------------------------------------------
+    # -- called by the peers
 
     def forward(self, source: Peer, data: bytes) -> None:
         target = self._backend if source is self._client else self._client
@@ -251,7 +251,7 @@ class Relay:
         if source.transport is not None and not source.is_closed:
             source.transport.resume_reading()
 
-    # -- internals -------------------------------------------------------------------------------------------
+    # -- internals
 
     def _finish(self, reason: str) -> None:
         if self._done.done():

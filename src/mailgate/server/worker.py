@@ -7,9 +7,12 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from mailgate.config.model import LogLevel
+from mailgate.auth.client_host import ClientHostResolver
+from mailgate.config.model import Config, ErrorLogTarget, LogLevel
 from mailgate.log import ErrorLog
 from mailgate.server.listeners import Endpoint, ListenerPlan
+from mailgate.server.session import ServerRuntime, Session
+from mailgate.tls import ServerTls
 
 SessionRunner = Callable[[Endpoint, socket.socket, Any, int], Coroutine[Any, Any, None]]
 
@@ -112,3 +115,83 @@ class Acceptor:
             self._all_done.set()
         if not self._stopped and len(self._sessions) < self._limit:
             self._install_readers()
+
+
+class Worker:
+    """Everything one worker process runs: the servers' runtimes, the acceptor, and the live sessions."""
+
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[tuple[ListenerPlan, socket.socket]],
+        tls: dict[int, ServerTls],
+        main_log: ErrorLog,
+    ) -> None:
+        self.config = config
+        self.main_log = main_log
+        self._logs: dict[tuple[ErrorLogTarget, ...], ErrorLog] = {}
+        self.runtimes: dict[int, ServerRuntime] = {}
+        servers = config.mail.servers if config.mail is not None else ()
+        for server in servers:
+            self.runtimes[id(server)] = ServerRuntime(
+                server=server,
+                tls=tls.get(id(server)),
+                error_log=self._log_for(server.core.error_logs),
+                client_host_resolver=ClientHostResolver(server.core),
+            )
+        self.sessions: set[Session] = set()
+        self.acceptor = Acceptor(
+            listeners,
+            self._run_session,
+            main_log,
+            worker_connections=config.main.events.worker_connections,
+            multi_accept=config.main.events.multi_accept,
+        )
+
+    def _log_for(self, targets: tuple[ErrorLogTarget, ...]) -> ErrorLog:
+        if not targets:
+            return self.main_log
+        log = self._logs.get(targets)
+        if log is None:
+            log = self._logs[targets] = ErrorLog(targets)
+            log.open()
+        return log
+
+    def reopen_logs(self) -> None:
+        self.main_log.reopen()
+        for log in self._logs.values():
+            log.reopen()
+
+    async def _run_session(
+        self, endpoint: Endpoint, sock: socket.socket, address: Any, connection: int
+    ) -> None:
+        runtime = self.runtimes[id(endpoint.server)]
+        session = Session(runtime, endpoint.listen, sock, address, connection)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def start(self) -> None:
+        self.acceptor.start()
+
+    async def shutdown(self, *, graceful: bool, timeout: float | None) -> None:
+        """Stop accepting; let sessions finish (graceful) until `timeout`, then end them."""
+        self.acceptor.stop()
+        if graceful and self.sessions:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.acceptor.wait_sessions()
+            except TimeoutError:
+                pass
+        for session in list(self.sessions):
+            session.stop("shutdown")
+        if self.sessions:
+            try:
+                async with asyncio.timeout(5):
+                    await self.acceptor.wait_sessions()
+            except TimeoutError:
+                self.acceptor.cancel_sessions()
+        for log in self._logs.values():
+            log.close()

@@ -1,0 +1,520 @@
+"""One client session: PROXY header → TLS → greeting → pre-auth engine → auth → backend login → relay.
+
+Each stage is a separate room that knows only the next one; this module walks a connection through them and
+does the I/O the sans-I/O engines ask for. Every failure ends this one session with the protocol's line and
+a log message, never anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn, TypeVar
+
+from mailgate.auth.client import authenticate
+from mailgate.auth.client_host import ClientHostResolver
+from mailgate.auth.request import UNAVAILABLE, AuthAttempt
+from mailgate.auth.response import Backend, InternalError, Reject
+from mailgate.config.model import Listen, LogLevel, Protocol, ServerConfig
+from mailgate.log import ErrorLog, LogContext
+from mailgate.protocol.credentials import Credentials
+from mailgate.protocol.engine import PreAuthEngine
+from mailgate.protocol.events import Authenticate, Close, Log, NeedData, Reply, StartTls
+from mailgate.protocol.imap import ImapPreAuth
+from mailgate.protocol.pop3 import Pop3PreAuth
+from mailgate.protocol.smtp import SmtpPreAuth
+from mailgate.proxy.address import SocketAddress
+from mailgate.proxy.backend_login import Done, Failed, Send, UpstreamAction, backend_login_for
+from mailgate.proxy.proxy_protocol import (
+    PROXY_HEADER_READ_SIZE,
+    BrokenProxyHeader,
+    ProxyProtocolHeader,
+    apply_realip,
+    build_proxy_header,
+    read_proxy_header,
+)
+from mailgate.proxy.relay import Peer, Relay, RelayOutcome
+from mailgate.tls import ServerTls, TlsFacts, check_client_certificate, tls_facts
+
+T = TypeVar("T")
+
+_ENGINES: dict[Protocol, Callable[..., PreAuthEngine]] = {
+    Protocol.IMAP: ImapPreAuth,
+    Protocol.POP3: Pop3PreAuth,
+    Protocol.SMTP: SmtpPreAuth,
+}
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _SessionEndedError(Exception):
+    """Unwinds a session that has already said and logged what it had to."""
+
+
+@dataclass
+class ServerRuntime:
+    """What sessions of one `server {}` share inside a worker."""
+
+    server: ServerConfig
+    tls: ServerTls | None
+    error_log: ErrorLog
+    client_host_resolver: ClientHostResolver
+
+
+@dataclass
+class SessionRecord:
+    """What a session did, for the session log written when it ends."""
+
+    connection: int
+    client: str
+    server: str
+    protocol: Protocol
+    started: float = field(default_factory=time.monotonic)
+    tls_mode: str = ""  # "", "implicit", "starttls"
+    tls: TlsFacts | None = None
+    login: str | None = None
+    auth_result: str = ""
+    upstream: str | None = None
+    client_to_backend: int = 0
+    backend_to_client: int = 0
+    close_reason: str = ""
+
+
+class Session:
+    """Runs one accepted connection to its end. `run()` never raises (except cancellation)."""
+
+    def __init__(
+        self,
+        runtime: ServerRuntime,
+        listen: Listen,
+        sock: socket.socket,
+        peer_address: object,
+        connection: int,
+    ) -> None:
+        self.runtime = runtime
+        self.server = runtime.server
+        self.listen = listen
+        self.sock = sock
+        self.connection = connection
+        self.loop = asyncio.get_running_loop()
+        self.log = runtime.error_log
+        self.peer_address = SocketAddress.from_sockname(sock.family, peer_address)
+        self.local_address = SocketAddress.from_sockname(sock.family, sock.getsockname())
+        self.client_address = self.peer_address
+        self.proxy_header: ProxyProtocolHeader | None = None
+        self.client: Peer | None = None
+        self.backend: Peer | None = None
+        self.relay: Relay | None = None
+        self.tls: TlsFacts | None = None
+        self.starttls = False
+        self.action: str | None = None
+        self.login: str | None = None
+        self.upstream: str | None = None
+        self.record = SessionRecord(connection, str(self.peer_address), listen.text, self.server.protocol)
+
+    # -- logging
+
+    def _context(self) -> LogContext:
+        return LogContext(
+            client=self.client_address.text,
+            server=self.listen.text,
+            starttls=self.starttls,
+            login=self.login,
+            upstream=self.upstream,
+        )
+
+    def _log(self, level: LogLevel, message: str, action: str | None = None) -> None:
+        if self.log.enabled(level):
+            self.log.log(
+                level,
+                message,
+                connection=self.connection,
+                action=action if action is not None else self.action,
+                context=self._context(),
+            )
+
+    # -- the session
+
+    async def run(self) -> SessionRecord:
+        self.log.log(
+            LogLevel.INFO,
+            f"client {self.peer_address} connected to {self.listen.text}",
+            connection=self.connection,
+        )
+        try:
+            await self._run()
+        except _SessionEndedError:
+            pass
+        except (ConnectionError, OSError, ssl.SSLError) as error:
+            self._log(LogLevel.INFO, f"connection error ({error})")
+            self.record.close_reason = self.record.close_reason or "connection error"
+        except Exception as error:  # a bug must cost one session, never the worker
+            self._log(LogLevel.ALERT, f"session failed: {error!r}")
+            self.record.close_reason = "internal error"
+        finally:
+            self._close_all()
+        return self.record
+
+    def stop(self, reason: str) -> None:
+        """End the session from outside (worker shutdown): a relay is ended, anything else closed."""
+        if self.relay is not None:
+            self.relay.stop(reason)
+        else:
+            self.record.close_reason = reason
+            self._close_all()
+
+    async def _run(self) -> None:
+        deadline = self.loop.time() + self.server.core.timeout
+        if self.listen.proxy_protocol:
+            self.action = "reading PROXY protocol"
+            await self._read_proxy_header(deadline)
+        self.action = "SSL handshaking" if self.listen.ssl else None
+        client = await self._open_client(deadline)
+        if self.listen.ssl:
+            self.record.tls_mode = "implicit"
+            await self._check_client_certificate(client)
+        client_host = UNAVAILABLE
+        if self.server.protocol is Protocol.SMTP:
+            client_host = await self._smtp_client_host()
+        engine = _ENGINES[self.server.protocol](self.server, tls_active=self.listen.ssl)
+        if self.server.protocol is Protocol.SMTP and self.server.smtp.greeting_delay > 0:
+            await self._greeting_delay(client, engine)
+        self.action = "sending client greeting line"
+        client.write(engine.greeting())
+        deadline = self.loop.time() + self.server.core.timeout
+        backend, credentials = await self._pre_auth(client, engine, client_host, deadline)
+        self.action = "proxying"
+        self._log(LogLevel.INFO, "client logged in")
+        self.record.auth_result = "ok"
+        to_backend = engine.take_unconsumed()
+        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout)
+        outcome = await self.relay.run(backend, to_backend)
+        self._relay_finished(outcome)
+        del credentials
+
+    @property
+    def backend_peer(self) -> Peer:
+        assert self.backend is not None
+        return self.backend
+
+    def _relay_finished(self, outcome: RelayOutcome) -> None:
+        self.record.client_to_backend = outcome.client_to_backend
+        self.record.backend_to_client = outcome.backend_to_client
+        self.record.close_reason = outcome.reason
+        if outcome.reason == "timed out":
+            self._log(LogLevel.INFO, "client timed out")
+        elif outcome.reason == "shutdown":
+            self._log(LogLevel.INFO, "shutdown timeout")
+        else:
+            self._log(LogLevel.INFO, "proxied session done")
+
+    # -- PROXY protocol, TLS
+
+    async def _read_proxy_header(self, deadline: float) -> None:
+        readable: asyncio.Future[None] = self.loop.create_future()
+        fd = self.sock.fileno()
+        self.loop.add_reader(fd, _resolve, readable)
+        try:
+            await self._until(readable, deadline)
+        finally:
+            self.loop.remove_reader(fd)
+        first = self.sock.recv(PROXY_HEADER_READ_SIZE, socket.MSG_PEEK)
+        if not first:
+            self._end("client closed")
+        result = read_proxy_header(first)
+        if isinstance(result, BrokenProxyHeader):
+            self._log(LogLevel.ERROR, result.log_message)
+            self._end("broken PROXY header")
+        self.sock.recv(result.consumed)
+        self.proxy_header = result.header
+        self.client_address = apply_realip(result.header, self.peer_address, self.server.realip)
+        self.record.client = str(self.client_address)
+
+    async def _open_client(self, deadline: float) -> Peer:
+        context = self._tls_context() if self.listen.ssl else None
+        remaining = max(0.001, deadline - self.loop.time())
+        try:
+            _, client = await self.loop.connect_accepted_socket(
+                Peer, self.sock, ssl=context, ssl_handshake_timeout=remaining if context else None
+            )
+        except TimeoutError:
+            self._log(LogLevel.INFO, "client timed out")
+            self._end("timed out")
+        except (ssl.SSLError, ConnectionError, OSError) as error:
+            self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
+            self._end("TLS handshake failed")
+        self.client = client
+        if context is not None:
+            self.tls = self._read_tls_facts(client)
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self.runtime.tls is not None, "a server with TLS listeners always has a context"
+        return self.runtime.tls.context
+
+    def _ssl_object(self, client: Peer) -> ssl.SSLObject:
+        assert client.transport is not None
+        ssl_object = client.transport.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        return ssl_object
+
+    def _read_tls_facts(self, client: Peer) -> TlsFacts:
+        facts = tls_facts(self._ssl_object(client), self.server)
+        self.record.tls = facts
+        return facts
+
+    async def _check_client_certificate(self, client: Peer) -> None:
+        check = check_client_certificate(self._ssl_object(client), self.server)
+        if check.ok:
+            return
+        if check.log_message:
+            self._log(LogLevel.INFO, check.log_message)
+        reply = check.reply(self.server.protocol)
+        if reply:
+            client.write(reply)
+        self.record.auth_result = "client certificate refused"
+        self._end("client certificate refused")
+
+    async def _start_tls(self, client: Peer, deadline: float) -> None:
+        assert client.transport is not None
+        client.transport.pause_reading()  # the ClientHello must stay in the socket for the TLS layer
+        client.discard_buffered()  # plaintext pipelined behind STARTTLS is never executed
+        self.starttls = True
+        self.action = "in starttls state"
+        remaining = max(0.001, deadline - self.loop.time())
+        try:
+            transport = await self.loop.start_tls(
+                client.transport,
+                client,
+                self._tls_context(),
+                server_side=True,
+                ssl_handshake_timeout=remaining,
+            )
+        except TimeoutError:
+            self._log(LogLevel.INFO, "client timed out")
+            self._end("timed out")
+        except (ssl.SSLError, ConnectionError, OSError) as error:
+            self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
+            self._end("TLS handshake failed")
+        if transport is None:
+            self._end("client closed")
+        client.transport = transport
+        self.record.tls_mode = "starttls"
+        self.tls = self._read_tls_facts(client)
+        await self._check_client_certificate(client)
+
+    # -- SMTP before the greeting
+
+    async def _smtp_client_host(self) -> str:
+        address = self.client_address.text if self.client_address.is_ip else None
+        self.action = "in resolving client address"
+        host = await self.runtime.client_host_resolver.lookup(address)
+        for message in host.messages:
+            self._log(message.level, message.text, message.action)
+        return host.name
+
+    async def _greeting_delay(self, client: Peer, engine: PreAuthEngine) -> None:
+        self.action = "in delay pipelining state"
+        try:
+            early = await asyncio.wait_for(client.read(), self.server.smtp.greeting_delay)
+        except TimeoutError:
+            return
+        if not early:
+            self._end("client closed")
+        assert isinstance(engine, SmtpPreAuth)
+        client.write(engine.rejected_before_greeting(early))
+        while True:  # the engine now gives its log message, then Close
+            event = engine.next_event()
+            if isinstance(event, Log):
+                self._log(LogLevel(event.level), event.message)
+            else:
+                self._end("rejected before greeting")
+
+    # -- pre-authentication ----------------------------------------------------------------------------------
+
+    async def _pre_auth(
+        self, client: Peer, engine: PreAuthEngine, client_host: str, deadline: float
+    ) -> tuple[bytes, Credentials]:
+        """Drive the engine until a backend session is established; returns the backend's first bytes."""
+        attempts = 0
+        self.action = "in auth state"
+        while True:
+            event = engine.next_event()
+            if isinstance(event, Reply):
+                await self._write_reply(client, event.data, deadline)
+            elif isinstance(event, NeedData):
+                engine.receive_data(await self._read_client(client, deadline))
+            elif isinstance(event, Log):
+                self._log(LogLevel(event.level), event.message)
+            elif isinstance(event, StartTls):
+                await self._start_tls(client, deadline)
+                engine.tls_established()
+                self.action = "in auth state"
+            elif isinstance(event, Close):
+                self.record.close_reason = event.reason
+                self._end(event.reason)
+            elif isinstance(event, Authenticate):
+                attempts += 1
+                outcome = await self._authenticate(client, engine, event.credentials, attempts, client_host)
+                if outcome is not None:
+                    return outcome, event.credentials
+                deadline = self.loop.time() + self.server.core.timeout
+                self.action = "in auth state"
+
+    async def _write_reply(self, client: Peer, data: bytes, deadline: float) -> None:
+        client.write(data)
+        if client.transport is None or client.transport.get_write_buffer_size() == 0:
+            return
+        # nginx reads nothing more until a reply is written; pausing also keeps a ClientHello that follows a
+        # STARTTLS reply in the socket, out of reach of the plaintext buffer.
+        client.transport.pause_reading()
+        await self._until(client.drain(), deadline)
+        if not client.is_closed:
+            client.transport.resume_reading()
+
+    async def _read_client(self, client: Peer, deadline: float) -> bytes:
+        data = await self._until(client.read(), deadline)
+        if not data:
+            self._end("client closed")
+        return data
+
+    async def _until(self, awaitable: Awaitable[T], deadline: float) -> T:
+        """Await within the pre-auth deadline; past it, log `client timed out` and end the session."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
+        except TimeoutError:
+            self._log(LogLevel.INFO, "client timed out")
+            self._end("timed out")
+
+    # -- authentication
+
+    async def _authenticate(
+        self,
+        client: Peer,
+        engine: PreAuthEngine,
+        credentials: Credentials,
+        attempt: int,
+        client_host: str,
+    ) -> bytes | None:
+        """One auth attempt: the backend's first bytes for the client, or None to continue pre-auth."""
+        self.action = "in http auth state"
+        self.login = credentials.login.decode("utf-8", "backslashreplace")
+        self.record.login = self.login
+        request = AuthAttempt(
+            credentials=credentials,
+            login_attempt=attempt,
+            client_address=self.client_address.text,
+            smtp_client_host=client_host,
+            proxy_protocol=self.proxy_header,
+            tls=self.tls,
+        )
+        decision = await authenticate(self.server, request)
+        if isinstance(decision, InternalError):
+            self._log(decision.level, decision.message)
+            self.record.auth_result = "auth service error"
+            self._internal_error(client, engine)
+        if isinstance(decision, Reject):
+            text = decision.text.decode("utf-8", "backslashreplace")
+            self._log(LogLevel.INFO, f'client login failed: "{text}"')
+            self.record.auth_result = "rejected"
+            if decision.wait <= 0:
+                client.write(engine.auth_failed(decision.text, decision.smtp_code))
+                self._end("auth rejected")
+            await asyncio.sleep(decision.wait)
+            client.write(engine.auth_failed(decision.text, decision.smtp_code))
+            self.login = None
+            return None
+        assert isinstance(decision, Backend)
+        return await self._login_to_backend(client, engine, credentials, decision, client_host)
+
+    def _internal_error(self, client: Peer, engine: PreAuthEngine) -> NoReturn:
+        client.write(engine.internal_error_line)
+        self._end("internal error")
+
+    # -- backend
+
+    async def _login_to_backend(
+        self,
+        client: Peer,
+        engine: PreAuthEngine,
+        credentials: Credentials,
+        backend: Backend,
+        client_host: str,
+    ) -> bytes:
+        self.upstream = backend.upstream
+        self.record.upstream = backend.upstream
+        deadline = self.loop.time() + self.server.core.timeout
+        login = backend_login_for(
+            self.server,
+            credentials,
+            login=backend.login,
+            password=backend.password,
+            client_address=self.client_address.text,
+            client_host=client_host,
+        )
+        self.action = login.action
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, peer = await self.loop.create_connection(Peer, backend.address, backend.port)
+        except TimeoutError:
+            self._backend_failed(client, login.timed_out())
+        except OSError as error:
+            self._log(
+                LogLevel.ERROR, f"connect() to {backend.upstream} failed ({error.errno}: {error.strerror})"
+            )
+            self._internal_error(client, engine)
+        self.backend = peer
+        header = build_proxy_header(
+            self.server.proxy.proxy_protocol, self.client_address, self.local_address, self.tls
+        )
+        if header is not None:
+            self.action = UpstreamAction.SENDING_PROXY_HEADER
+            peer.write(header)
+            self.action = login.action
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    data = await peer.read()
+                    events = login.receive_data(data)
+                    self.action = login.action
+                    for event in events:
+                        if isinstance(event, Send):
+                            peer.write(event.data)
+                        elif isinstance(event, Done):
+                            return event.client_bytes
+                        else:
+                            self._backend_failed(client, event)
+        except TimeoutError:
+            self._backend_failed(client, login.timed_out())
+
+    def _backend_failed(self, client: Peer, failure: Failed) -> NoReturn:
+        if failure.log_message:
+            self._log(failure.log_level, failure.log_message)
+        client.write(failure.client_bytes)
+        self.record.auth_result = "backend login failed"
+        self._end("backend login failed")
+
+    # -- ending
+
+    def _end(self, reason: str) -> NoReturn:
+        if not self.record.close_reason:
+            self.record.close_reason = reason
+        raise _SessionEndedError(reason)
+
+    def _close_all(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        if self.client is not None:
+            self.client.close()
+        else:
+            with contextlib.suppress(OSError):
+                self.sock.close()
