@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class Prepared:
 def build_tls(config: Config) -> dict[int, ServerTls]:
     """An SSL context for every server that needs one (raises ConfigError, as `-t` reports it)."""
     servers = config.mail.servers if config.mail is not None else ()
-    return {id(server): build_server_context(server) for server in servers if server.needs_tls}
+    prefix = config.conf_file.parent  # relative ssl_conf_command files resolve against the config's directory
+    return {id(server): build_server_context(server, prefix=prefix) for server in servers if server.needs_tls}
 
 
 def prepare(config: Config) -> Prepared:
@@ -125,3 +127,21 @@ async def _serve(prepared: Prepared, main_log: ErrorLog) -> None:
     await worker.shutdown(graceful=graceful, timeout=prepared.config.main.worker_shutdown_timeout)
     main_log.log(LogLevel.NOTICE, "exit")
     sys.stdout.flush()
+
+
+def run(config: Config, report: Callable[[LogLevel, str], None]) -> int:
+    """Start serving `config`; `report` shows startup failures as nginx does (`[emerg] ...` on stderr)."""
+    main_log = ErrorLog(config.main.error_logs)
+    try:
+        main_log.open()
+    except OSError as error:
+        path = next((t.path for t in config.main.error_logs if t.path is not None), "")
+        report(LogLevel.EMERG, f'open() "{path}" failed ({error.errno}: {error.strerror})')
+        return 1
+    try:
+        prepared = prepare(config)
+    except StartupError as error:
+        report(LogLevel.EMERG, str(error))
+        main_log.log(LogLevel.EMERG, str(error))
+        return 1
+    return serve_single_process(prepared, main_log)
