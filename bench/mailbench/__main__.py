@@ -101,7 +101,9 @@ def run_profiles(
         raw.unlink(missing_ok=True)
         recorder = profile.start(py_spy, mailgate.process.pid, seconds, raw)
         time.sleep(0.5)  # py-spy attaches before the load starts
-        profiled = dataclasses.replace(load, seconds=seconds - 1.0)
+        profiled = dataclasses.replace(
+            load, seconds=seconds - 1.0, bulk_sessions=1000, bulk_seconds=seconds - 1.0
+        )
         measure(loadgen, scenario, mailgate, profiled)
         _, errors = recorder.communicate(timeout=seconds + 60)
         if not raw.exists():
@@ -164,6 +166,7 @@ def main(argv: list[str]) -> int:
         for name, b in bases.items():
             prefix = workdir / name
             prefix.mkdir(exist_ok=True)
+            (prefix / "error.log").unlink(missing_ok=True)  # its size after the run is reported
             conf = prefix / f"{name}.conf"
             conf.write_text(mail_config(b, ports, workdir / "certs"))
             argv_ = server_argv(name, binaries[name], prefix, conf)

@@ -35,35 +35,101 @@ def py_spy_binary(venv_bin: Path) -> str | None:
 
 
 def start(py_spy: str, pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
-    """Record `pid` and its children (the workers) for `seconds`, only samples where a thread is busy."""
+    """Record `pid` and its children (the workers) for `seconds`, with native (C) frames.
+
+    Native stacks need py-spy to pause the process for each sample, so the rate is kept low (100 Hz).
+    """
     argv = [
-        py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--rate", "250",
+        py_spy, "record", "--pid", str(pid), "--subprocesses", "--native", "--rate", "100",
         "--duration", str(max(1, round(seconds))), "--format", "raw", "--output", str(output),
     ]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _short(frame: str) -> str:
+# Leaf frames in libc that are system calls: their time is the kernel's (loopback TCP included).
+_SYSCALLS = frozenset(
+    [
+        "write",
+        "read",
+        "writev",
+        "readv",
+        "send",
+        "sendto",
+        "sendmsg",
+        "recv",
+        "recvfrom",
+        "recvmsg",
+        "connect",
+        "accept",
+        "accept4",
+        "close",
+        "socket",
+        "setsockopt",
+        "getsockopt",
+        "getsockname",
+        "getpeername",
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_ctl",
+        "syscall",
+        "getpid",
+        "ioctl",
+        "io_uring_enter",
+        "__libc_write",
+        "__libc_read",
+        "uv__close_nocancel",
+    ]
+)
+# Leaf frames where the worker waits for events: idle, not cost.
+_IDLE = frozenset({"epoll_wait", "epoll_pwait", "epoll_pwait2"})
+_CTYPES_FILES = frozenset({"callproc.c", "cfield.c", "_ctypes.c", "stgdict.c"})
+
+
+def _parts(frame: str) -> tuple[str, str]:
+    """(function, file without line number) of a py-spy frame."""
     match = _FRAME.match(frame.strip())
     if match is None:
-        return frame.strip()
-    path = match["file"]
+        return frame.strip(), ""
+    return match["function"], match["file"]
+
+
+def _is_python(frame: str) -> bool:
+    return _parts(frame)[1].endswith(".py") or _parts(frame)[1] == "<string>"
+
+
+def _short(frame: str) -> str:
+    function, path = _parts(frame)
     for marker in ("site-packages/", "src/", "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
-    return f"{match['function']} ({path})"
+    return f"{function} ({path})"
 
 
 def _area(frame: str) -> str:
-    """Where the time goes: a mailgate package, a library, or the standard library."""
-    name = _short(frame)
-    inside = name[name.rfind("(") + 1 : -1]
-    if inside.startswith("mailgate/"):
-        return "/".join(inside.split("/")[:2])
-    if "/" in inside:
-        return inside.split("/")[0]
-    return inside or name
+    """What the innermost frame of a sample is: Python code (by package), or which native library."""
+    function, path = _parts(frame)
+    name = path.rsplit("/", 1)[-1]
+    if _is_python(frame):
+        inside = _short(frame)[len(function) + 2 : -1]
+        if inside.startswith("mailgate/"):
+            return "Python: " + "/".join(inside.split("/")[:2])
+        return "Python: " + (inside.split("/")[0] if "/" in inside else inside)
+    if name.startswith(("libcrypto", "libssl")):
+        return "libssl/libcrypto (TLS)"
+    if function in _SYSCALLS or function.startswith("__GI___"):
+        return "system calls (kernel)"
+    if name.startswith("libc.so"):
+        return "libc"
+    if name == "loop.c" or function.startswith("__pyx"):
+        return "uvloop (Cython)"
+    if function.startswith("uv_") or function.startswith("uv__"):
+        return "libuv"
+    if name == "_ssl.c":
+        return "CPython _ssl module"
+    if name in _CTYPES_FILES:
+        return "ctypes (libssl binding)"
+    return "CPython runtime (objects, calls, GC)"
 
 
 def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
@@ -77,13 +143,14 @@ def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
             continue
         count = int(count_text)
         frames = [f for f in stack.split(";") if _FRAME.match(f.strip())]
-        if not frames:
+        python = [f for f in frames if _is_python(f)]
+        if not frames or _parts(frames[-1])[0] in _IDLE:
             continue
         samples += count
-        leaf = frames[-1]
-        self_counts[_short(leaf)] += count
-        area_counts[_area(leaf)] += count
-        for name in {_short(f) for f in frames}:
+        area_counts[_area(frames[-1])] += count
+        if python:  # own time: the innermost Python frame, with the C it calls
+            self_counts[_short(python[-1])] += count
+        for name in {_short(f) for f in python}:
             total_counts[name] += count
     if not samples:
         return Profile(scenario, 0, [], [], [])
@@ -91,8 +158,9 @@ def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
     def costs(counter: Counter[str]) -> list[FunctionCost]:
         return [
             FunctionCost(name, self_counts[name] / samples, total_counts[name] / samples)
-            for name, _ in counter.most_common(top)
-        ]
+            for name, count in counter.most_common()
+            if count < 0.9 * samples  # entry frames (main, the event loop's run) say nothing
+        ][:top]
 
     areas = [(name, count / samples) for name, count in area_counts.most_common(top)]
     return Profile(scenario, samples, costs(self_counts), costs(total_counts), areas)
@@ -101,14 +169,21 @@ def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
 def markdown(profile: Profile) -> str:
     if not profile.samples:
         return f"No samples for {profile.scenario} (py-spy missing or not permitted).\n"
-    lines = [f"{profile.samples} busy samples over the workers, at 250 Hz.", ""]
-    lines += ["Top frames by own time:", ""]
+    lines = [
+        f"{profile.samples} busy samples over the workers (py-spy --native, 100 Hz; epoll waits left out).",
+        "",
+    ]
+    lines += ["Python functions by own time (the innermost Python frame, with the C code it calls):", ""]
     lines += ["| own | total | function |", "|---:|---:|---|"]
     lines += [f"| {c.self_share:.1%} | {c.total_share:.1%} | `{c.name}` |" for c in profile.top_self]
-    lines += ["", "Top frames by total time (the function and what it calls):", ""]
+    lines += [
+        "",
+        "Python functions by total time (the function and everything it calls; entry frames omitted):",
+        "",
+    ]
     lines += ["| total | own | function |", "|---:|---:|---|"]
     lines += [f"| {c.total_share:.1%} | {c.self_share:.1%} | `{c.name}` |" for c in profile.top_total]
-    lines += ["", "Own time by area (the file of the innermost Python frame):", ""]
+    lines += ["", "Where the samples were, by the innermost frame (native code included):", ""]
     lines += ["| share | area |", "|---:|---|"]
     lines += [f"| {share:.1%} | `{name}` |" for name, share in profile.by_area]
     return "\n".join(lines) + "\n"

@@ -63,9 +63,10 @@ class Row:
     nginx: Side
     mailgate: Side
 
-    @staticmethod
-    def _ratio(ours: float, theirs: float) -> float | None:
-        return ours / theirs if theirs else None
+    def _ratio(self, ours: float, theirs: float) -> float | None:
+        if not (self.nginx.sessions and self.mailgate.sessions and theirs):
+            return None  # a side that completed nothing has no rate, latency or cost to compare
+        return ours / theirs
 
     @property
     def rate_ratio(self) -> float | None:

@@ -124,12 +124,13 @@ class Load:
     max_sessions: int
     bulk_sessions: int
     idle_connections: int
+    bulk_seconds: float = 600.0  # bulk runs are bounded by their count, except when profiling
 
 
 def _loadgen(loadgen: Path, scenario: Scenario, port: int, load: Load) -> list[str]:
     argv = [str(loadgen), scenario.mode, "-p", str(port), "-c", str(scenario.concurrency)]
     if scenario.kind == "bulk":
-        argv += ["-n", str(load.bulk_sessions), "-d", "600"]
+        argv += ["-n", str(load.bulk_sessions), "-d", str(load.bulk_seconds)]
     elif scenario.kind == "idle":
         argv += ["-n", str(load.idle_connections)]
     else:
