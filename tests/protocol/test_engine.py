@@ -1,0 +1,147 @@
+"""The shared machinery: nginx's input buffer, the POP3/SMTP verb parser, and the driving loop."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pytest
+
+from mailgate.config.model import Protocol
+from mailgate.protocol.engine import ClientBuffer, ParseResult, VerbParser
+from mailgate.protocol.events import Close, NeedData, Reply
+from mailgate.protocol.smtp import SmtpPreAuth
+from tests.protocol.driver import server_config
+
+
+class Verb(Enum):
+    USER = b"USER"
+    AUTH = b"AUTH"
+    NOOP = b"NOOP"
+
+
+def parser(max_arguments: int = 3) -> VerbParser[Verb]:
+    return VerbParser(
+        {verb.value: verb for verb in Verb},
+        max_arguments=max_arguments,
+        continued_by=Verb.AUTH,
+        keeps_spaces=frozenset({Verb.USER}),
+    )
+
+
+def buffer_with(data: bytes, capacity: int = 128) -> ClientBuffer:
+    buffer = ClientBuffer(capacity)
+    buffer.feed(data)
+    buffer.fill()
+    return buffer
+
+
+def test_buffer_takes_only_what_fits_and_keeps_the_rest_waiting() -> None:
+    buffer = buffer_with(b"0123456789", capacity=4)
+    assert bytes(buffer.data) == b"0123"
+    assert buffer.full and buffer.has_pending
+
+
+def test_buffer_rewinds_only_when_everything_was_consumed() -> None:
+    buffer = buffer_with(b"abcd", capacity=4)
+    buffer.pos = 3
+    buffer.rewind_if_consumed()
+    assert (bytes(buffer.data), buffer.pos) == (b"abcd", 3)
+    buffer.pos = 4
+    buffer.rewind_if_consumed()
+    assert (bytes(buffer.data), buffer.pos) == (b"", 0)
+
+
+def test_buffer_refills_after_a_rewind() -> None:
+    buffer = buffer_with(b"abcdef", capacity=4)
+    buffer.pos = 4
+    buffer.rewind_if_consumed()
+    buffer.fill()
+    assert bytes(buffer.data) == b"ef"
+    assert not buffer.has_pending
+
+
+def test_take_unconsumed_returns_buffered_then_waiting_bytes_and_empties_the_buffer() -> None:
+    buffer = buffer_with(b"abcdef", capacity=4)
+    buffer.pos = 1
+    assert buffer.take_unconsumed() == b"bcdef"
+    assert not buffer.has_unparsed and not buffer.has_pending
+
+
+def test_discard_drops_everything() -> None:
+    buffer = buffer_with(b"abcdef", capacity=4)
+    buffer.discard()
+    assert buffer.take_unconsumed() == b""
+
+
+def test_verb_parser_splits_arguments_on_runs_of_spaces() -> None:
+    verbs = parser()
+    assert verbs.parse(buffer_with(b"noop  a   b\r\n")) is ParseResult.COMMAND
+    assert (verbs.command, verbs.args) == (Verb.NOOP, [b"a", b"b"])
+
+
+def test_verb_parser_keeps_spaces_in_the_argument_of_selected_verbs() -> None:
+    verbs = parser()
+    assert verbs.parse(buffer_with(b"USER   a b  \r\n")) is ParseResult.COMMAND
+    assert verbs.args == [b"a b  "]
+
+
+def test_verb_parser_limits_arguments() -> None:
+    verbs = parser(max_arguments=2)
+    buffer = buffer_with(b"NOOP a b\r\nNOOP a b c\r\n")
+    assert verbs.parse(buffer) is ParseResult.COMMAND
+    verbs.args = []
+    assert verbs.parse(buffer) is ParseResult.INVALID
+    assert buffer.pos == len(buffer.data)
+
+
+def test_verb_parser_command_text_runs_to_the_last_argument() -> None:
+    verbs = parser()
+    buffer = buffer_with(b"x\r\nnoop  a  b  \r\n")
+    assert verbs.parse(buffer) is ParseResult.INVALID
+    assert verbs.parse(buffer) is ParseResult.COMMAND
+    assert verbs.command_text(buffer) == b"noop  a  b"
+
+
+@pytest.mark.parametrize("line", [b"NOOPX", b"NOO", b"N0OP", b"", b"NOOP\rX", b" NOOP"])
+def test_verb_parser_rejects_other_words_and_stray_cr(line: bytes) -> None:
+    assert parser().parse(buffer_with(line + b"\r\n")) is ParseResult.INVALID
+
+
+def test_verb_parser_waits_for_the_end_of_an_invalid_line() -> None:
+    verbs = parser()
+    buffer = buffer_with(b"BAD command")
+    assert verbs.parse(buffer) is ParseResult.AGAIN
+    buffer.feed(b" still\r\nNOOP\r\n")
+    buffer.fill()
+    assert verbs.parse(buffer) is ParseResult.INVALID
+    assert verbs.parse(buffer) is ParseResult.COMMAND
+
+
+def test_verb_parser_reads_continuation_lines_after_its_continued_verb() -> None:
+    verbs = parser()
+    buffer = buffer_with(b"AUTH LOGIN\r\nNOOP x\r\n")
+    assert verbs.parse(buffer) is ParseResult.COMMAND
+    assert verbs.reading_continuation
+    verbs.args = []
+    assert verbs.parse(buffer) is ParseResult.COMMAND
+    assert (verbs.command, verbs.args) == (Verb.AUTH, [b"NOOP", b"x"])
+    verbs.expect_command()
+    assert not verbs.reading_continuation
+
+
+class BrokenSmtp(SmtpPreAuth):
+    def _handle(self, result: ParseResult) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_in_a_handler_becomes_the_internal_error_line_not_a_traceback() -> None:
+    engine = BrokenSmtp(server_config(Protocol.SMTP), tls_active=False)
+    engine.receive_data(b"NOOP\r\n")
+    assert engine.next_event() == Reply(b"451 4.3.2 Internal server error\r\n")
+    assert engine.next_event() == Close("internal error")
+
+
+def test_empty_input_needs_data() -> None:
+    engine = SmtpPreAuth(server_config(Protocol.SMTP), tls_active=False)
+    engine.receive_data(b"")
+    assert engine.next_event() == NeedData()
