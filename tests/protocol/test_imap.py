@@ -489,6 +489,11 @@ def test_partial_command_behind_pipelined_ones_can_overflow_the_uncompacted_buff
     assert closed(events)
 
 
+def test_input_beyond_an_exactly_full_buffer_is_answered_without_waiting_for_more() -> None:
+    s = session(imap=ImapSettings(client_buffer=64))
+    assert s.output(b"a NOOP\r\n" * 8 + b"b NOOP\r\n") == b"a OK completed\r\n" * 8 + b"b OK completed\r\n"
+
+
 def test_pipelined_commands_get_one_reply_each_in_order() -> None:
     s = session()
     s.engine.receive_data(b"a NOOP\r\nb CAPABILITY\r\nc NOOP\r\n")
