@@ -111,7 +111,9 @@ class PreAuthEngine(ABC):
     writing each `Reply` completely before the next call. After `StartTls` call `tls_established` once
     the handshake succeeded; after `Authenticate` call `auth_failed` if the auth service rejected the
     attempt and the session goes on, or `take_unconsumed` to hand the client's pipelined bytes to the
-    backend relay. Malformed input never raises: it is answered as nginx answers it.
+    backend relay. Until then `next_event` says `NeedData` and processes nothing, and the session should
+    not read from the client (nginx does not). After `Close` every call says `Close` again. Malformed
+    input never raises: it is answered as nginx answers it.
     """
 
     internal_error_line: ClassVar[bytes]

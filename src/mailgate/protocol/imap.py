@@ -13,7 +13,7 @@ from typing import ClassVar
 from mailgate.config.model import ImapAuth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import CR, LETTERS, LF, SP, ClientBuffer, ParseResult, PreAuthEngine
-from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslInvalid, SaslPrompt
+from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _TAG_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._")
 _MAX_TAG_LENGTH = 32
@@ -87,11 +87,6 @@ class ImapParser:
         self._literal_length = 0
         self._literal_digits = 0
         self._no_sync_literal = False
-
-    @property
-    def reading_continuation(self) -> bool:
-        """True between an AUTHENTICATE and the end of its SASL exchange."""
-        return self.state is not _State.START
 
     def expect_command(self) -> None:
         """The next line is a new tagged command (after an invalid line or a finished exchange)."""
@@ -314,8 +309,8 @@ class ImapPreAuth(PreAuthEngine):
         self._resume_after_rejection()
         return line
 
-    def capability_line(self) -> bytes:
-        """The `* CAPABILITY` line for the current TLS state (also for tests and the oracle)."""
+    def _capability_line(self) -> bytes:
+        """The `* CAPABILITY` line for the current TLS state."""
         if self._starttls_offered:
             if self._starttls_only:
                 return self._starttls_only_capability
@@ -348,7 +343,7 @@ class ImapPreAuth(PreAuthEngine):
             else:
                 self._sasl_step(self._sasl.start(parser.args))
         elif command is ImapCommand.CAPABILITY:
-            self._answer_tagged(self.capability_line() + parser.tag + _OK)
+            self._answer_tagged(self._capability_line() + parser.tag + _OK)
         elif command is ImapCommand.LOGOUT:
             self._answer_tagged(_BYE + parser.tag + _OK)
             self._closing("logout")
@@ -367,7 +362,7 @@ class ImapPreAuth(PreAuthEngine):
             return
         self._authenticate_with(AuthMethod.PLAIN, args[0], args[1], None)
 
-    def _sasl_step(self, step: SaslPrompt | SaslDone | SaslInvalid) -> None:
+    def _sasl_step(self, step: SaslStep) -> None:
         if isinstance(step, SaslPrompt):
             self._reply(b"+ " + step.challenge + b"\r\n")
             self._parser.args = []
@@ -403,8 +398,6 @@ class ImapPreAuth(PreAuthEngine):
     def _answer_tagged(self, reply: bytes) -> None:
         """Queue a command's final reply; the next line starts a new command."""
         self._reply(reply)
-        parser = self._parser
-        parser.args = []
-        if not parser.reading_continuation:
-            self._buffer.rewind_if_consumed()
-            parser.forget_tag()
+        self._parser.args = []
+        self._parser.forget_tag()
+        self._buffer.rewind_if_consumed()

@@ -13,7 +13,7 @@ from typing import ClassVar
 from mailgate.config.model import Pop3Auth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
-from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslInvalid, SaslPrompt
+from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _OK = b"+OK\r\n"
 _INVALID = b"-ERR invalid command\r\n"
@@ -95,7 +95,7 @@ class Pop3PreAuth(PreAuthEngine):
         self._resume_after_rejection()
         return b"-ERR " + text + b"\r\n"
 
-    def capability_list(self, *, after_user: bool = False) -> bytes:
+    def _capability_list(self, *, after_user: bool) -> bytes:
         """The CAPA reply for the current TLS state; after USER it never offers STLS."""
         if self._starttls_offered and not after_user:
             if self._starttls_only:
@@ -121,7 +121,7 @@ class Pop3PreAuth(PreAuthEngine):
         elif command is Pop3Command.NOOP:
             self._answer(_OK)
         elif command is Pop3Command.CAPA:
-            self._answer(self.capability_list(after_user=self._user is not None))
+            self._answer(self._capability_list(after_user=self._user is not None))
         elif self._user is not None:
             if command is Pop3Command.PASS and len(args) == 1:
                 self._authenticate_with(AuthMethod.PLAIN, self._user, args[0], None)
@@ -144,7 +144,7 @@ class Pop3PreAuth(PreAuthEngine):
         else:
             self._answer_invalid()
 
-    def _sasl_step(self, step: SaslPrompt | SaslDone | SaslInvalid) -> None:
+    def _sasl_step(self, step: SaslStep) -> None:
         if isinstance(step, SaslPrompt):
             self._answer(b"+ " + step.challenge + b"\r\n")
         elif isinstance(step, SaslDone):

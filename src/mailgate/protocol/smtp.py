@@ -14,7 +14,7 @@ from typing import ClassVar
 from mailgate.config.model import Protocol, ServerConfig, SmtpAuth
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
-from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslInvalid, SaslPrompt
+from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _OK = b"250 2.0.0 OK\r\n"
 _BYE = b"221 2.0.0 Bye\r\n"
@@ -116,7 +116,7 @@ class SmtpPreAuth(PreAuthEngine):
         self._closing("pipelining before greeting")
         return _INVALID_PIPELINING
 
-    def ehlo_reply(self) -> bytes:
+    def _ehlo_reply(self) -> bytes:
         """The EHLO capability block for the current TLS state."""
         if self._starttls_offered:
             if self._starttls_only:
@@ -177,7 +177,7 @@ class SmtpPreAuth(PreAuthEngine):
             self._answer(self._helo_reply)
         else:
             self._esmtp = True
-            self._answer(self.ehlo_reply())
+            self._answer(self._ehlo_reply())
 
     def _mail(self, args: list[bytes]) -> None:
         if not self._auth_none:
@@ -200,7 +200,7 @@ class SmtpPreAuth(PreAuthEngine):
             self._rcpt_to = self._parser.command_text(self._buffer)
             self._authenticate_with(AuthMethod.NONE, b"", b"", None)
 
-    def _sasl_step(self, step: SaslPrompt | SaslDone | SaslInvalid) -> None:
+    def _sasl_step(self, step: SaslStep) -> None:
         if isinstance(step, SaslPrompt):
             self._answer(b"334 " + step.challenge + b"\r\n")
         elif isinstance(step, SaslDone):
