@@ -28,7 +28,6 @@ from mailgate.config import (
 from mailgate.config.errors import ConfigError, ConfigWarning
 from mailgate.config.model import Config, ErrorLogTarget, LogLevel
 from mailgate.log import ErrorLog
-from mailgate.server.run import run as run_server
 
 PROGRAM = "mailgate"
 
@@ -401,7 +400,10 @@ def _signal_process(config: Config, name: str, log: StartupLog) -> int:
 
 def _run_server(loaded: LoadedConfig, log: StartupLog) -> int:
     """Start serving the configuration (in the foreground with `daemon off`)."""
-    return run_server(loaded.config, log.log)
+    # Imported here: -t, -s, -v and -h start faster without the server and its event loop.
+    from mailgate.server.run import run
+
+    return run(loaded.config, log.log)
 
 
 def main(argv: list[str] | None = None) -> int:

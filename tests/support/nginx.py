@@ -63,8 +63,8 @@ def _global_directives(conf_file: Path, directives: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class NginxTestResult:
-    """What `nginx -t` (or `-T`) did: exit code, stdout (the `-T` dump) and stderr lines as printed."""
+class NginxRun:
+    """What one nginx command did: exit code, stdout (the `-T` dump) and stderr lines as printed."""
 
     returncode: int
     stdout: str
@@ -79,10 +79,28 @@ class NginxTestResult:
         """stderr lines normalized to `nginx: [level] text` (see `normalize_nginx_line`)."""
         return [normalize_nginx_line(line) for line in self.stderr_lines]
 
-    def messages(self, level: str) -> list[str]:
-        """The texts of the `[level]` lines, without the `nginx: [level] ` prefix."""
-        prefix = f"nginx: [{level}] "
-        return [line.removeprefix(prefix) for line in self.lines if line.startswith(prefix)]
+
+def run_nginx(
+    flags: Sequence[str], conf_file: Path, prefix: Path, *, directives: str | None = None
+) -> NginxRun:
+    """Run `nginx FLAGS -p PREFIX/ -c CONF_FILE -g DIRECTIVES` to completion (`-t`, `-T`, `-s reload`...).
+
+    The mail module is added to `-g` unless the configuration loads it.
+    """
+    nginx = require_nginx()
+    argv = [str(nginx), *flags, "-p", f"{prefix}/", "-c", str(conf_file)]
+    global_directives = _global_directives(conf_file, directives)
+    if global_directives:
+        argv += ["-g", global_directives]
+    completed = subprocess.run(
+        argv, capture_output=True, timeout=_COMMAND_TIMEOUT, check=False, stdin=subprocess.DEVNULL
+    )
+    stderr = completed.stderr.decode("utf-8", errors="backslashreplace")
+    return NginxRun(
+        returncode=completed.returncode,
+        stdout=completed.stdout.decode("utf-8", errors="backslashreplace"),
+        stderr_lines=tuple(stderr.splitlines()),
+    )
 
 
 def nginx_test(
@@ -92,27 +110,14 @@ def nginx_test(
     directives: str | None = None,
     dump: bool = False,
     quiet: bool = False,
-) -> NginxTestResult:
-    """Run `nginx -t` (`-T` with dump) on `conf_file` with prefix `prefix` and `-g directives`.
+) -> NginxRun:
+    """Run `nginx -t` (`-T` with dump, `-tq` / `-Tq` with quiet) on `conf_file`.
 
-    nginx does not bind ports in test mode, but it does open (and create) the log files the
-    configuration names, so `prefix` should be a temporary directory.
+    nginx does not bind ports in test mode, but it does create the pid file and open (and create) the
+    log files the configuration names, so `prefix` should be a temporary directory.
     """
-    nginx = require_nginx()
     flags = ("-T" if dump else "-t") + ("q" if quiet else "")
-    argv = [str(nginx), flags, "-p", f"{prefix}/", "-c", str(conf_file)]
-    global_directives = _global_directives(conf_file, directives)
-    if global_directives:
-        argv += ["-g", global_directives]
-    completed = subprocess.run(
-        argv, capture_output=True, timeout=_COMMAND_TIMEOUT, check=False, stdin=subprocess.DEVNULL
-    )
-    stderr = completed.stderr.decode("utf-8", errors="backslashreplace")
-    return NginxTestResult(
-        returncode=completed.returncode,
-        stdout=completed.stdout.decode("utf-8", errors="backslashreplace"),
-        stderr_lines=tuple(stderr.splitlines()),
-    )
+    return run_nginx([flags], conf_file, prefix, directives=directives)
 
 
 # A listening address: (IP literal, port) for TCP, or the path of a UNIX socket.
