@@ -16,7 +16,7 @@ import pytest
 import mailgate
 from mailgate import cli
 from mailgate.config import DEFAULT_PREFIX
-from mailgate.config.model import Config, LogLevel
+from mailgate.config.model import Config, ErrorLogTarget, LogLevel
 from tests.support.nginx import normalize_nginx_line, require_nginx, run_nginx
 
 MAIL = """events {}
@@ -367,16 +367,22 @@ def test_e_file_that_cannot_be_opened_is_an_alert_and_stderr_takes_over(
     )
 
 
-def test_without_t_or_s_the_loaded_configuration_is_served(
-    conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    served: list[Config] = []
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
+    """The configurations main() hands to the server, which is replaced by a recorder."""
+    configurations: list[Config] = []
 
     def run(config: Config, log: Callable[[LogLevel, str], None]) -> int:
-        served.append(config)
+        configurations.append(config)
         return 0
 
     monkeypatch.setattr("mailgate.server.run.run", run)
+    return configurations
+
+
+def test_without_t_or_s_the_loaded_configuration_is_served(
+    conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str], served: list[Config]
+) -> None:
     assert run_main(["-p", str(prefix), "-c", str(conf_file), "-g", "worker_processes 3;"], capsys) == (
         0,
         [],
@@ -384,6 +390,46 @@ def test_without_t_or_s_the_loaded_configuration_is_served(
     )
     assert [config.conf_file for config in served] == [conf_file]
     assert served[0].main.worker_processes == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-e", "logs/startup.log"], ErrorLogTarget(path=Path("logs/startup.log"))),
+        (["-e", "stderr"], ErrorLogTarget(path=None, stderr=True)),
+        ([], ErrorLogTarget(path=Path("logs/error.log"))),
+    ],
+)
+def test_e_is_the_error_log_of_a_configuration_without_one(
+    argv: list[str],
+    expected: ErrorLogTarget,
+    *,
+    conf_file: Path,
+    prefix: Path,
+    capsys: pytest.CaptureFixture[str],
+    served: list[Config],
+) -> None:
+    assert run_main([*argv, "-p", str(prefix), "-c", str(conf_file)], capsys)[0] == 0
+    if expected.path is not None:
+        expected = ErrorLogTarget(path=prefix / expected.path)
+    assert served[0].main.error_logs == (expected,)
+
+
+def test_e_leaves_a_written_error_log_alone(
+    conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str], served: list[Config]
+) -> None:
+    argv = [
+        "-e",
+        "logs/startup.log",
+        "-p",
+        str(prefix),
+        "-c",
+        str(conf_file),
+        "-g",
+        "error_log logs/own.log;",
+    ]
+    assert run_main(argv, capsys)[0] == 0
+    assert [target.path for target in served[0].main.error_logs] == [prefix / "logs" / "own.log"]
 
 
 def test_without_t_or_s_a_bad_configuration_is_not_served(

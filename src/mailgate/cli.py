@@ -12,7 +12,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mailgate
@@ -159,7 +159,9 @@ class StartupLog:
         self._file_log = file_log
 
     @classmethod
-    def open(cls, error_log: Path | None, level: LogLevel) -> StartupLog:
+    def open(cls, startup_log: ErrorLogTarget | None, level: LogLevel) -> StartupLog:
+        """The log for `-e` (`startup_log`; None or stderr: stderr only), down to `level`."""
+        error_log = startup_log.path if startup_log is not None else None
         if error_log is None:
             return cls()
         file_log = ErrorLog([ErrorLogTarget(path=error_log, level=level)])
@@ -240,7 +242,7 @@ class Invocation:
     prefix: Path
     conf_file: Path
     embedded: bool  # no -c and no conf/mailgate.conf under the prefix: the built-in configuration
-    error_log: Path | None  # None: stderr
+    error_log: ErrorLogTarget | None  # `-e`: a file or stderr; None without `-e`
 
 
 def resolve_paths(options: Options) -> Invocation:
@@ -251,7 +253,11 @@ def resolve_paths(options: Options) -> Invocation:
     else:
         conf_file = default_conf_path(prefix)
         embedded = not conf_file.exists()
-    error_log = _under_prefix(prefix, options.error_log) if options.error_log else None
+    error_log: ErrorLogTarget | None = None
+    if options.error_log == "":
+        error_log = ErrorLogTarget(path=None, stderr=True)
+    elif options.error_log is not None:
+        error_log = ErrorLogTarget(path=_under_prefix(prefix, options.error_log))
     return Invocation(prefix=prefix, conf_file=conf_file, embedded=embedded, error_log=error_log)
 
 
@@ -264,7 +270,16 @@ def _load(invocation: Invocation, options: Options, log: StartupLog) -> LoadedCo
         loaded = load(invocation.conf_file, invocation.prefix, options.directives)
     _log_warnings(log, loaded.warnings)
     _check_tls(loaded.config)
-    return loaded
+    if invocation.error_log is None:
+        return loaded
+    return replace(loaded, config=_with_default_error_log(loaded.config, invocation.error_log))
+
+
+def _with_default_error_log(config: Config, error_log: ErrorLogTarget) -> Config:
+    """`-e` replaces the built-in default error log (nginx's NGX_ERROR_LOG_PATH), not a written one."""
+    if any(target.source is not None for target in config.main.error_logs):
+        return config
+    return replace(config, main=replace(config.main, error_logs=(error_log,)))
 
 
 def _log_warnings(log: StartupLog, warnings: Iterable[ConfigWarning]) -> None:
@@ -294,12 +309,9 @@ def _check_tls(config: Config) -> None:
         build_server_context(server, prefix=config.conf_file.parent)
 
 
-def _error_log_files(config: Config, startup_error_log: Path | None) -> list[Path]:
-    """Every error_log file of the configuration; `-e FILE` stands in for a main level without one."""
-    main_logs: Sequence[ErrorLogTarget] = config.main.error_logs
-    if startup_error_log is not None and all(target.source is None for target in main_logs):
-        main_logs = [ErrorLogTarget(path=startup_error_log)]
-    targets = list(main_logs)
+def _error_log_files(config: Config) -> list[Path]:
+    """Every error_log file of the configuration, main level first, each once."""
+    targets = list(config.main.error_logs)
     if config.mail is not None:
         for server in config.mail.servers:
             targets.extend(server.core.error_logs)
@@ -311,14 +323,14 @@ def _error_log_files(config: Config, startup_error_log: Path | None) -> list[Pat
     return files
 
 
-def _open_files(config: Config, startup_error_log: Path | None) -> None:
+def _open_files(config: Config) -> None:
     """What `nginx -t` does after the syntax check: create the pid file (kept empty) and the error logs.
 
     Raises ConfigError naming the file that cannot be opened.
     """
     if config.main.pid is not None:
         _touch(config.main.pid, os.O_RDWR)
-    for path in _error_log_files(config, startup_error_log):
+    for path in _error_log_files(config):
         _touch(path, os.O_WRONLY | os.O_APPEND)
 
 
@@ -345,7 +357,7 @@ def _test_configuration(invocation: Invocation, options: Options, log: StartupLo
     if not options.quiet:
         _write_stderr(syntax_ok)
     try:
-        _open_files(loaded.config, invocation.error_log)
+        _open_files(loaded.config)
     except ConfigError as error:
         return _test_failed(name, error, log)
     if not options.quiet:
