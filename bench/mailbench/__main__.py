@@ -38,6 +38,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=[], help="scenario keys (glob patterns) to run")
     parser.add_argument("--profile-seconds", type=float, default=8.0, help="py-spy per profiled scenario")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of mailgate")
+    parser.add_argument(
+        "--profile-scenarios",
+        nargs="*",
+        default=["imaps-c16-delayed", "resume-1.3-ticket-quick", "bulk-default"],
+        help="scenario keys to profile mailgate under",
+    )
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and its chart")
     parser.add_argument("--mailgate", default=str(REPO / ".venv/bin/mailgate"), help="mailgate binary")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx binary")
@@ -180,8 +186,8 @@ def main(argv: list[str]) -> int:
         print(text_table(rows))
         profiles: list[profile.Profile] = []
         if not args.no_profile:
-            keys = ("imaps-c16-delayed", "bulk-default")
-            profiled = [s for s in all_scenarios(args.fetch_mib * MIB, args.idle) if s.key in keys]
+            scenarios = all_scenarios(args.fetch_mib * MIB, args.idle)
+            profiled = [s for key in args.profile_scenarios for s in scenarios if s.key == key]
             profiles = run_profiles(
                 mailgate=servers[1],
                 loadgen=loadgen,
