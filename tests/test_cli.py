@@ -317,6 +317,38 @@ def test_relative_c_is_read_under_the_prefix(prefix: Path, capsys: pytest.Captur
     assert lines[-1] == f"mailgate: configuration file {prefix}/relative.conf test is successful"
 
 
+@pytest.mark.parametrize("conf_name", ["mail.conf", "missing.conf"])
+def test_a_relative_prefix_stays_relative_as_in_nginx(
+    conf_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "relative" / "logs").mkdir(parents=True)
+    (tmp_path / "relative" / "mail.conf").write_text(MAIL)
+    code, lines, _ = run_main(["-t", "-p", "relative/", "-c", conf_name], capsys)
+    if conf_name == "mail.conf":
+        assert (code, lines[-1]) == (0, "mailgate: configuration file relative/mail.conf test is successful")
+    else:
+        assert (code, lines) == (
+            1,
+            [
+                'mailgate: [emerg] open() "relative/missing.conf" failed (2: No such file or directory)',
+                "mailgate: configuration file relative/missing.conf test failed",
+            ],
+        )
+
+
+@pytest.mark.nginx
+def test_a_relative_prefix_names_files_as_nginx_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "relative" / "logs").mkdir(parents=True)
+    (tmp_path / "relative" / "mail.conf").write_text(MAIL.replace("events {}", "events {}\nbogus;"))
+    nginx = run_nginx(["-t"], Path("mail.conf"), Path("relative"))
+    code, lines, _ = run_main(["-t", "-p", "relative", "-c", "mail.conf"], capsys)
+    assert (code, as_nginx_would_say(lines)) == (nginx.returncode, nginx.lines)
+
+
 def test_without_c_the_prefix_conf_file_is_read(prefix: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (prefix / "conf").mkdir()
     (prefix / "conf" / "mailgate.conf").write_text("events {}\nbogus on;\n")

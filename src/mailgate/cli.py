@@ -240,7 +240,8 @@ class Invocation:
     """The paths a command line resolves to."""
 
     prefix: Path
-    conf_file: Path
+    conf_name: Path  # as `-c` (or the default) names it; the loader puts a relative name under the prefix
+    conf_file: Path  # the same, joined to the prefix: what messages name
     embedded: bool  # no -c and no conf/mailgate.conf under the prefix: the built-in configuration
     error_log: ErrorLogTarget | None  # `-e`: a file or stderr; None without `-e`
 
@@ -248,9 +249,11 @@ class Invocation:
 def resolve_paths(options: Options) -> Invocation:
     prefix = Path(options.prefix) if options.prefix is not None else Path(DEFAULT_PREFIX)
     if options.conf_file is not None:
+        conf_name = Path(options.conf_file)
         conf_file = _under_prefix(prefix, options.conf_file)
         embedded = False
     else:
+        conf_name = Path(DEFAULT_CONF_NAME)
         conf_file = default_conf_path(prefix)
         embedded = not conf_file.exists()
     error_log: ErrorLogTarget | None = None
@@ -258,16 +261,16 @@ def resolve_paths(options: Options) -> Invocation:
         error_log = ErrorLogTarget(path=None, stderr=True)
     elif options.error_log is not None:
         error_log = ErrorLogTarget(path=_under_prefix(prefix, options.error_log))
-    return Invocation(prefix=prefix, conf_file=conf_file, embedded=embedded, error_log=error_log)
+    return Invocation(prefix, conf_name, conf_file, embedded, error_log)
 
 
 def _load(invocation: Invocation, options: Options, log: StartupLog) -> LoadedConfig:
     """Read, merge and check the configuration, logging its warnings. Raises ConfigError."""
     if invocation.embedded:
-        name = str(invocation.conf_file)
+        name = str(invocation.conf_name)
         loaded = load_text(default_conf_text(), name, invocation.prefix, options.directives)
     else:
-        loaded = load(invocation.conf_file, invocation.prefix, options.directives)
+        loaded = load(invocation.conf_name, invocation.prefix, options.directives)
     _log_warnings(log, loaded.warnings)
     _check_tls(loaded.config)
     if invocation.error_log is None:
