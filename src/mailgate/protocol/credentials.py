@@ -29,7 +29,7 @@ class Credentials:
     method: AuthMethod
     login: bytes = b""
     password: bytes = field(default=b"", repr=False)  # for apop / cram-md5: the client's digest
-    salt: bytes | None = None  # `<R.T@server_name>` for apop and cram-md5, without CRLF
+    salt: bytes | None = None  # the session's `<R.T@server_name>`, once it has one; without CRLF
     imap_tag: bytes = b""  # IMAP: the tag of the LOGIN/AUTHENTICATE command, without the trailing space
     smtp_helo: bytes = b""  # SMTP: argument of the last HELO/EHLO (empty if none since connect/STARTTLS)
     smtp_esmtp: bool = False  # SMTP: the client used EHLO

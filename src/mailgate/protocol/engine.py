@@ -9,6 +9,7 @@ in the socket, and `next_event` handles at most one command per `Reply`.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from enum import Enum
 from typing import ClassVar, Generic, TypeVar
 
 from mailgate.config.model import ServerConfig, StartTls
-from mailgate.protocol.credentials import Credentials
+from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.events import Authenticate, Close, Event, Log, NeedData, Reply
 from mailgate.protocol.events import StartTls as StartTlsEvent
 from mailgate.protocol.sasl import make_salt
@@ -126,6 +127,7 @@ class PreAuthEngine(ABC):
         self._server = server
         self._tls_active = tls_active
         self._salt = salt
+        self._salt_in_use = False  # a salt the client has seen (POP3 greeting, CRAM-MD5 challenge)
         self._buffer = ClientBuffer(buffer_size)
         self._events: deque[Event] = deque()
         self._phase = _Phase.COMMANDS
@@ -227,6 +229,7 @@ class PreAuthEngine(ABC):
         """The session's `<R.T@server_name>`, made on first use unless the caller gave one."""
         if self._salt is None:
             self._salt = make_salt(self._server.core.server_name)
+        self._salt_in_use = True
         return self._salt
 
     def _reply(self, data: bytes) -> None:
@@ -250,6 +253,9 @@ class PreAuthEngine(ABC):
     def _authenticate(self, credentials: Credentials) -> None:
         """Credentials are complete (nginx's `ngx_mail_auth`): stop reading until the auth answer."""
         self._buffer.rewind_if_consumed()
+        if credentials.salt is None and self._salt_in_use and credentials.method is not AuthMethod.PLAIN:
+            # nginx reports the session's salt (greeting or CRAM-MD5 challenge) with every method but plain.
+            credentials = dataclasses.replace(credentials, salt=self._salt)
         self._events.append(Authenticate(credentials))
         self._phase = _Phase.AWAITING_AUTH
 
