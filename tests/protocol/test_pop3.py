@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from mailgate.config.model import Pop3Auth, Pop3Settings, Protocol, StartTls
@@ -279,3 +281,11 @@ def test_rejection_is_an_err_line_and_forgets_user() -> None:
     assert s.reject(b"Invalid login or password") == (
         b"-ERR Invalid login or password\r\n-ERR invalid command\r\n+OK\r\n"
     )
+
+
+@pytest.mark.parametrize("decoded", [b"\x00bob\r\nDELE 1\x00pw", b"\x00bob\x00pw\nQUIT"])
+def test_auth_plain_with_a_line_break_in_login_or_password_is_refused(decoded: bytes) -> None:
+    # The backend login would send it inside `USER ...\r\n`/`PASS ...\r\n`: a command injection.
+    events = session().send(b"AUTH PLAIN " + base64.b64encode(decoded) + b"\r\n")
+    assert replies(events) == b"-ERR invalid command\r\n"
+    assert credentials(events) == []

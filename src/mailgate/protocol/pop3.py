@@ -43,6 +43,9 @@ def _sasl_mechanisms(enabled: frozenset[Pop3Auth]) -> list[bytes]:
     return names
 
 
+_LINE_BREAKS = frozenset(b"\r\n")
+
+
 class Pop3PreAuth(PreAuthEngine):
     """One POP3 client before authentication (see `PreAuthEngine` for the driving protocol).
 
@@ -148,6 +151,12 @@ class Pop3PreAuth(PreAuthEngine):
         if isinstance(step, SaslPrompt):
             self._answer(b"+ " + step.challenge + b"\r\n")
         elif isinstance(step, SaslDone):
+            if _LINE_BREAKS.intersection(step.login + step.password):
+                # The backend login sends `USER <login>` and `PASS <password>` as lines: a decoded CR or
+                # LF would let the client inject POP3 commands there (nginx passes them on; we refuse).
+                self._log(b"client sent a login or password with a line break in AUTH command")
+                self._answer_invalid()
+                return
             self._authenticate_with(step.method, step.login, step.password, step.salt)
         else:
             if step.log is not None:
