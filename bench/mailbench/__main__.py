@@ -115,7 +115,7 @@ def run_profiles(
         if not raw.exists():
             _progress(f"py-spy failed: {errors.decode(errors='replace')}")
             continue
-        found.append(profile.summarize(raw, scenario.title))
+        found.append(profile.summarize(raw, scenario.key, scenario.title))
         _progress(f"  profiled {scenario.key}: {found[-1].samples} samples")
     return found
 
@@ -197,7 +197,8 @@ def main(argv: list[str]) -> int:
                 workdir=workdir,
             )
             for found in profiles:
-                print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found)}")
+                cost = docs.mailgate_cpu_per_session(rows, found.key)
+                print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found, cost)}")
         log_sizes = {s.name: (s.prefix / "error.log").stat().st_size for s in servers}
     facts = machine_facts(args.nginx, args.mailgate)
     (workdir / "results.json").write_text(

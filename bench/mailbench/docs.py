@@ -18,6 +18,12 @@ METHOD = (
 )
 
 
+def mailgate_cpu_per_session(rows: list[Row], key: str) -> float | None:
+    """mailgate's measured CPU per session in the table row of scenario `key`, if the table has it."""
+    found = [row.mailgate.cpu_per_op_ms for row in rows if row.scenario.key == key]
+    return found[0] if found and found[0] > 0 else None
+
+
 def render(
     *,
     rows: list[Row],
@@ -63,5 +69,6 @@ def render(
             "",
         ]
         for found in profiles:
-            parts += [f"### {found.scenario}", "", profile.markdown(found)]
+            cost = mailgate_cpu_per_session(rows, found.key)
+            parts += [f"### {found.scenario} ({found.key})", "", profile.markdown(found, cost)]
     return "\n".join(parts).rstrip() + "\n"

@@ -22,7 +22,8 @@ class FunctionCost:
 
 @dataclass(frozen=True)
 class Profile:
-    scenario: str
+    key: str  # the scenario's key
+    scenario: str  # its title
     samples: int
     top_self: list[FunctionCost]
     top_total: list[FunctionCost]
@@ -132,7 +133,7 @@ def _area(frame: str) -> str:
     return "CPython runtime (objects, calls, GC)"
 
 
-def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
+def summarize(raw: Path, key: str, scenario: str, top: int = 15) -> Profile:
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
     area_counts: Counter[str] = Counter()
@@ -153,7 +154,7 @@ def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
         for name in {_short(f) for f in python}:
             total_counts[name] += count
     if not samples:
-        return Profile(scenario, 0, [], [], [])
+        return Profile(key, scenario, 0, [], [], [])
 
     def costs(counter: Counter[str]) -> list[FunctionCost]:
         return [
@@ -163,10 +164,11 @@ def summarize(raw: Path, scenario: str, top: int = 15) -> Profile:
         ][:top]
 
     areas = [(name, count / samples) for name, count in area_counts.most_common(top)]
-    return Profile(scenario, samples, costs(self_counts), costs(total_counts), areas)
+    return Profile(key, scenario, samples, costs(self_counts), costs(total_counts), areas)
 
 
-def markdown(profile: Profile) -> str:
+def markdown(profile: Profile, cpu_ms_per_session: float | None = None) -> str:
+    """The profile's tables; with the scenario's measured CPU per session, each share also in ms."""
     if not profile.samples:
         return f"No samples for {profile.scenario} (py-spy missing or not permitted).\n"
     lines = [
@@ -174,16 +176,28 @@ def markdown(profile: Profile) -> str:
         "",
     ]
     lines += ["Python functions by own time (the innermost Python frame, with the C code it calls):", ""]
+
+    def ms(share: float) -> str:
+        return f" ({share * cpu_ms_per_session:.3f} ms)" if cpu_ms_per_session else ""
+
+    if cpu_ms_per_session:
+        lines += [f"Shares are of mailgate's {cpu_ms_per_session:.3f} ms of CPU per session in this run.", ""]
     lines += ["| own | total | function |", "|---:|---:|---|"]
-    lines += [f"| {c.self_share:.1%} | {c.total_share:.1%} | `{c.name}` |" for c in profile.top_self]
+    lines += [
+        f"| {c.self_share:.1%}{ms(c.self_share)} | {c.total_share:.1%}{ms(c.total_share)} | `{c.name}` |"
+        for c in profile.top_self
+    ]
     lines += [
         "",
         "Python functions by total time (the function and everything it calls; entry frames omitted):",
         "",
     ]
     lines += ["| total | own | function |", "|---:|---:|---|"]
-    lines += [f"| {c.total_share:.1%} | {c.self_share:.1%} | `{c.name}` |" for c in profile.top_total]
+    lines += [
+        f"| {c.total_share:.1%}{ms(c.total_share)} | {c.self_share:.1%}{ms(c.self_share)} | `{c.name}` |"
+        for c in profile.top_total
+    ]
     lines += ["", "Where the samples were, by the innermost frame (native code included):", ""]
     lines += ["| share | area |", "|---:|---|"]
-    lines += [f"| {share:.1%} | `{name}` |" for name, share in profile.by_area]
+    lines += [f"| {share:.1%}{ms(share)} | `{name}` |" for name, share in profile.by_area]
     return "\n".join(lines) + "\n"

@@ -207,7 +207,7 @@ def chart(rows: list[Row], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels, values, colors = [], [], []
+    labels, values, colors, bounds = [], [], [], []
     for row in rows:
         for target in row.scenario.targets:
             ratio = row.ratio_for(target)
@@ -217,19 +217,28 @@ def chart(rows: list[Row], path: Path) -> bool:
             ack = f" ({row.scenario.ack} ACK)" if row.scenario.ack else ""
             labels.append(f"{row.scenario.title}{ack}: {what} ({sense} {bound:g})")
             values.append(ratio)
+            bounds.append(bound)
             met = ratio >= bound if sense == ">=" else ratio <= bound
             colors.append("#3a7d44" if met else "#c0392b")
-    figure, axes = plt.subplots(figsize=(10, 0.32 * len(labels) + 1.5))
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    figure, axes = plt.subplots(figsize=(11, 0.3 * len(labels) + 1.6))
     positions = list(range(len(labels)))[::-1]
     axes.barh(positions, values, color=colors)
+    axes.scatter(bounds, positions, marker="|", s=220, color="black", zorder=3, label="target")
     axes.set_yticks(positions, labels, fontsize=7)
-    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.axvline(1.0, color="grey", linewidth=0.8)
     axes.set_xscale("log")
-    axes.set_xlabel("mailgate / nginx (log scale; green: target met, red: missed)")
+    axes.xaxis.set_major_locator(FixedLocator([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]))
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xlim(min([*values, *bounds, 0.5]) / 1.5, max([*values, *bounds, 2.0]) * 1.6)
+    axes.legend(loc="lower right", fontsize=7)
+    axes.set_xlabel("mailgate / nginx (log scale; green: target met, red: missed; black tick: the target)")
     axes.set_title("mailgate vs nginx, same machine, same run")
     for position, value in zip(positions, values, strict=True):
         axes.text(value, position, f" {value:.2f}", va="center", fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return True
