@@ -13,6 +13,7 @@ from typing import ClassVar
 from mailgate.config.model import ImapAuth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import CR, LETTERS, LF, SP, ClientBuffer, ParseResult, PreAuthEngine
+from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _TAG_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._")
@@ -280,9 +281,9 @@ def _unescape(quoted: bytes) -> bytes:
 class ImapPreAuth(PreAuthEngine):
     """One IMAP client before authentication (see `PreAuthEngine` for the driving protocol)."""
 
-    internal_error_line: ClassVar[bytes] = b"* BAD internal server error\r\n"
-    cert_error_line: ClassVar[bytes] = b"* BYE SSL certificate error\r\n"
-    no_cert_line: ClassVar[bytes] = b"* BYE No required SSL certificate\r\n"
+    internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.IMAP]
+    cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.IMAP]
+    no_cert_line: ClassVar[bytes] = NO_CERT[Protocol.IMAP]
 
     def __init__(self, server: ServerConfig, *, tls_active: bool, salt: bytes | None = None) -> None:
         super().__init__(server, tls_active=tls_active, salt=salt, buffer_size=server.imap.client_buffer)

@@ -13,6 +13,7 @@ from typing import ClassVar
 from mailgate.config.model import Pop3Auth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
+from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _OK = b"+OK\r\n"
@@ -53,9 +54,9 @@ class Pop3PreAuth(PreAuthEngine):
     (from `make_salt`), or the engine makes one.
     """
 
-    internal_error_line: ClassVar[bytes] = b"-ERR internal server error\r\n"
-    cert_error_line: ClassVar[bytes] = b"-ERR SSL certificate error\r\n"
-    no_cert_line: ClassVar[bytes] = b"-ERR No required SSL certificate\r\n"
+    internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.POP3]
+    cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.POP3]
+    no_cert_line: ClassVar[bytes] = NO_CERT[Protocol.POP3]
     buffer_size: ClassVar[int] = 128
 
     def __init__(self, server: ServerConfig, *, tls_active: bool, salt: bytes | None = None) -> None:

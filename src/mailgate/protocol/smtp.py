@@ -14,6 +14,7 @@ from typing import ClassVar
 from mailgate.config.model import Protocol, ServerConfig, SmtpAuth
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
+from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _OK = b"250 2.0.0 OK\r\n"
@@ -65,9 +66,9 @@ def _shown(data: bytes) -> bytes:
 class SmtpPreAuth(PreAuthEngine):
     """One SMTP client before authentication (see `PreAuthEngine` for the driving protocol)."""
 
-    internal_error_line: ClassVar[bytes] = b"451 4.3.2 Internal server error\r\n"
-    cert_error_line: ClassVar[bytes] = b"421 4.7.1 SSL certificate error\r\n"
-    no_cert_line: ClassVar[bytes] = b"421 4.7.1 No required SSL certificate\r\n"
+    internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.SMTP]
+    cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.SMTP]
+    no_cert_line: ClassVar[bytes] = NO_CERT[Protocol.SMTP]
 
     def __init__(self, server: ServerConfig, *, tls_active: bool, salt: bytes | None = None) -> None:
         super().__init__(server, tls_active=tls_active, salt=salt, buffer_size=server.smtp.client_buffer)

@@ -25,12 +25,8 @@ from enum import StrEnum
 
 from mailgate.config.model import LogLevel, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
+from mailgate.protocol.lines import INTERNAL_ERROR
 
-INTERNAL_SERVER_ERROR: dict[Protocol, bytes] = {
-    Protocol.IMAP: b"* BAD internal server error\r\n",
-    Protocol.POP3: b"-ERR internal server error\r\n",
-    Protocol.SMTP: b"451 4.3.2 Internal server error\r\n",
-}
 SMTP_AUTH_OK = b"235 2.0.0 OK\r\n"
 
 
@@ -152,7 +148,7 @@ class BackendLogin(ABC):
     def fail(self, log_level: LogLevel, log_message: str | None) -> Failed:
         """End the login with the protocol's internal server error line (timeouts, I/O errors, EOF)."""
         self._finished = True
-        return Failed(log_level, log_message, INTERNAL_SERVER_ERROR[self.protocol])
+        return Failed(log_level, log_message, INTERNAL_ERROR[self.protocol])
 
     def timed_out(self) -> Failed:
         """The `timeout` read timer on the backend connection expired during the login."""
@@ -192,7 +188,7 @@ class BackendLogin(ABC):
             return Failed(
                 LogLevel.ERROR,
                 f'upstream sent invalid response: "{text}"',
-                INTERNAL_SERVER_ERROR[self.protocol],
+                INTERNAL_ERROR[self.protocol],
             )
         text = _log_text(buffer[position:-2])
         return Failed(LogLevel.INFO, f'upstream sent invalid response: "{text}"', buffer)

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from mailgate.config.model import Protocol, ServerConfig, VerifyClient
+from mailgate.protocol.lines import CERT_ERROR, NO_CERT
 from mailgate.tls.callbacks import session_id, state_of
 from mailgate.tls.facts import ClientCertificate, TlsFacts
 from mailgate.tls.libssl import (
@@ -31,17 +32,6 @@ from mailgate.tls.libssl import (
 
 # X509 verify results `optional_no_ca` tolerates: self-signed leaf or chain, unknown issuer, untrusted.
 _OPTIONAL_NO_CA_TOLERATED = frozenset({18, 19, 20, 21, 27})
-
-_CERT_ERROR_LINES = {
-    Protocol.IMAP: b"* BYE SSL certificate error\r\n",
-    Protocol.POP3: b"-ERR SSL certificate error\r\n",
-    Protocol.SMTP: b"421 4.7.1 SSL certificate error\r\n",
-}
-_NO_CERT_LINES = {
-    Protocol.IMAP: b"* BYE No required SSL certificate\r\n",
-    Protocol.POP3: b"-ERR No required SSL certificate\r\n",
-    Protocol.SMTP: b"421 4.7.1 No required SSL certificate\r\n",
-}
 
 
 _KEY_KINDS = {EVP_PKEY_RSA: "RSA", EVP_PKEY_EC: "EC", EVP_PKEY_DSA: "DSA"}
@@ -77,9 +67,9 @@ class CertCheck:
     def reply(self, protocol: Protocol) -> bytes | None:
         """The line sent over TLS before closing on rejection; None when the session goes on."""
         if self.status is CertStatus.CERT_ERROR:
-            return _CERT_ERROR_LINES[protocol]
+            return CERT_ERROR[protocol]
         if self.status is CertStatus.NO_CERT:
-            return _NO_CERT_LINES[protocol]
+            return NO_CERT[protocol]
         return None
 
 
