@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mailgate
 from mailgate import cli
@@ -646,6 +648,50 @@ def test_bad_input_message_is_nginx_message(kind: str, tmp_path: Path, prefix: P
     else:
         assert lines == nginx_lines
     assert completed.returncode == nginx.returncode
+
+
+# Pieces of nginx syntax, so random texts reach the parser's corners rather than stop at the first byte.
+SYNTAX_PIECES = [
+    "events",
+    "mail",
+    "server",
+    "listen",
+    "protocol",
+    "auth_http",
+    "starttls",
+    "include",
+    "imap",
+    "143",
+    "127.0.0.1:9000",
+    "{",
+    "}",
+    ";",
+    '"',
+    "'",
+    "\\",
+    "#",
+    "$",
+    "${",
+    "\n",
+    " ",
+    "\t",
+    "\r",
+    "x",
+    "\x00",
+    "\xff",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(SYNTAX_PIECES), max_size=40))
+def test_any_text_gets_a_verdict_and_never_a_traceback(
+    pieces: list[str], conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf_file.write_bytes("".join(pieces).encode("utf-8", "surrogateescape"))
+    code, lines, _ = run_main(["-t", "-p", str(prefix), "-c", str(conf_file)], capsys)
+    verdict = "test is successful" if code == 0 else "test failed"
+    assert code in (0, 1)
+    assert lines[-1] == f"mailgate: configuration file {conf_file} {verdict}"
 
 
 def test_normalize_nginx_line_turns_log_format_into_stderr_format() -> None:

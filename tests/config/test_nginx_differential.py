@@ -30,7 +30,10 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from mailgate.cli import main
 from tests.support.loopback import IPV4_LOOPBACK, free_port
 from tests.support.nginx import ListenAddress, nginx_server, nginx_test
 
@@ -356,6 +359,58 @@ def test_relative_pid_and_logs_land_under_the_prefix(corpus_dir: Path, prefix: P
     assert (nginx_prefix / "logs" / "relative.pid").is_file()
     assert (prefix / "logs" / "relative.pid").is_file()
     assert not (corpus_dir / "logs").exists()
+
+
+# Pieces of nginx syntax: random texts built from them reach the tokenizer's and parser's corners.
+# (No `include`: nginx recurses until it crashes on an include loop. No TLS: OpenSSL's texts vary.)
+SYNTAX_PIECES = [
+    "events",
+    "mail",
+    "server",
+    "listen",
+    "protocol",
+    "auth_http",
+    "starttls",
+    "imap",
+    "143",
+    "timeout",
+    "1s",
+    "worker_processes",
+    "1",
+    "127.0.0.1:9000",
+    "{",
+    "}",
+    ";",
+    '"',
+    "'",
+    "\\",
+    "#",
+    "$",
+    "${",
+    "(",
+    ")",
+    "\n",
+    " ",
+    "\t",
+    "\r",
+    "x",
+]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(pieces=st.lists(st.sampled_from(SYNTAX_PIECES), max_size=30))
+def test_any_text_gets_nginx_verdict_and_message(
+    pieces: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf_file = tmp_path / "random.conf"
+    conf_file.write_text("".join(pieces))
+    prefix = tmp_path / "prefix"
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    nginx = nginx_test(conf_file, prefix, directives="pid logs/test.pid;")
+    # In this process: a console script per example would make the test slow, not stronger.
+    code = main(["-t", "-p", str(prefix), "-c", str(conf_file), "-g", "pid logs/test.pid;"])
+    lines = [line.replace("mailgate: ", "nginx: ", 1) for line in capsys.readouterr().err.splitlines()]
+    assert (code, lines) == (nginx.returncode, nginx.lines)
 
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
