@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from mailbench import docs, profile
-from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, Ports, mail_config, make_certificates
+from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, WORKERS, Ports, mail_config, make_certificates
 from mailbench.report import Row, Side, chart, text_table
 from mailbench.scenarios import MIB, Load, Measurement, Scenario, all_scenarios, measure
 from mailbench.servers import BenchError, Server, run_responder, run_server, server_argv
@@ -133,8 +133,15 @@ def machine_facts(nginx: str, mailgate: str) -> dict[str, str]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
         "cpu": f"{cpu}, {os.cpu_count()} CPUs (shared with other work)",
+        "mailgate commit": commit or "?",
         "kernel": platform.release(),
         "nginx": first_line([nginx, "-v"]),
         "mailgate": first_line([mailgate, "-v"]),
@@ -177,7 +184,9 @@ def main(argv: list[str]) -> int:
             conf.write_text(mail_config(b, ports, workdir / "certs"))
             argv_ = server_argv(name, binaries[name], prefix, conf)
             servers.append(stack.enter_context(run_server(name, argv_, prefix, b, server_ports[name])))
+        processes = {}
         for server in servers:
+            processes[server.name] = len(server.pids)
             _progress(f"{server.name}: pids {server.pids}")
         warmup = Load(1.0, 2000, 1, 100)
         for server in servers:
@@ -199,8 +208,14 @@ def main(argv: list[str]) -> int:
             for found in profiles:
                 cost = docs.mailgate_cpu_per_session(rows, found.key)
                 print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found, cost)}")
-        log_sizes = {s.name: (s.prefix / "error.log").stat().st_size for s in servers}
+        log_sizes = {
+            f"{s.name} {log}": (s.prefix / log).stat().st_size
+            for s in servers
+            for log in ("error.log", "stderr.log")
+        }
     facts = machine_facts(args.nginx, args.mailgate)
+    for name, count in processes.items():
+        facts[f"{name} processes"] = f"{count} (master and workers; configured: worker_processes {WORKERS})"
     (workdir / "results.json").write_text(
         json.dumps(
             {"args": vars(args), "machine": facts, "rows": [dataclasses.asdict(r) for r in rows]},

@@ -57,7 +57,7 @@ def render(
         parts += ["![mailgate / nginx ratios](benchmarks.png)", ""]
     parts += ["## Targets", "", *target_summary(rows), ""]
     parts += [
-        f"Error log bytes written during the run: {', '.join(f'{k} {v}' for k, v in log_sizes.items())}.",
+        f"Log bytes written during the run: {', '.join(f'{k} {v}' for k, v in log_sizes.items())}.",
         "",
     ]
     if profiles:
