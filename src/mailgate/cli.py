@@ -65,6 +65,16 @@ class Options:
     signal: str | None = None
 
 
+# The flags that take a value, with nginx's message when the value is missing.
+_VALUE_FLAGS = {
+    "p": 'option "-p" requires directory name',
+    "c": 'option "-c" requires file name',
+    "e": 'option "-e" requires file name',
+    "g": 'option "-g" requires parameter',
+    "s": 'option "-s" requires parameter',
+}
+
+
 def parse_options(argv: Sequence[str]) -> Options:
     """Parse arguments exactly as nginx does: combined flags (`-tq`), `-cFILE` and `-c FILE`.
 
@@ -92,7 +102,7 @@ def parse_options(argv: Sequence[str]) -> Options:
                 options.test_config = options.dump_config = True
             elif flag == "q":
                 options.quiet = True
-            elif flag in _MISSING_ARGUMENT:
+            elif flag in _VALUE_FLAGS:
                 rest = argument[position:]
                 if rest:
                     value = rest
@@ -100,22 +110,13 @@ def parse_options(argv: Sequence[str]) -> Options:
                     index += 1
                     value = argv[index]
                 else:
-                    raise UsageError(_MISSING_ARGUMENT[flag])
+                    raise UsageError(_VALUE_FLAGS[flag])
                 _set_valued_option(options, flag, value)
                 break
             else:
                 raise UsageError(f'invalid option: "{flag}"')
         index += 1
     return options
-
-
-_MISSING_ARGUMENT = {
-    "p": 'option "-p" requires directory name',
-    "c": 'option "-c" requires file name',
-    "e": 'option "-e" requires file name',
-    "g": 'option "-g" requires parameter',
-    "s": 'option "-s" requires parameter',
-}
 
 
 def _set_valued_option(options: Options, flag: str, value: str) -> None:
