@@ -8,7 +8,7 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -488,6 +488,21 @@ print(signal.sigwait(wanted), flush=True)
 """
 
 
+@pytest.fixture
+def signal_waiter() -> Iterator[subprocess.Popen[str]]:
+    """A process that prints the number of the first signal -s can send it (once it printed `ready`)."""
+    waiter = subprocess.Popen([sys.executable, "-c", SIGNAL_WAITER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline() == "ready\n"
+        yield waiter
+    finally:
+        waiter.kill()
+        waiter.wait()
+        if waiter.stdout is not None:
+            waiter.stdout.close()
+
+
 @pytest.mark.parametrize(
     ("name", "number"),
     [
@@ -498,17 +513,20 @@ print(signal.sigwait(wanted), flush=True)
     ],
 )
 def test_s_sends_the_named_signal_to_the_pid_file_process(
-    name: str, number: signal.Signals, conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str]
+    name: str,
+    number: signal.Signals,
+    *,
+    signal_waiter: subprocess.Popen[str],
+    conf_file: Path,
+    prefix: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with subprocess.Popen([sys.executable, "-c", SIGNAL_WAITER], stdout=subprocess.PIPE, text=True) as waiter:
-        assert waiter.stdout is not None
-        assert waiter.stdout.readline() == "ready\n"
-        (prefix / "logs" / "master.pid").write_text(f"{waiter.pid}\n")
-        code, lines, _ = run_main(
-            ["-s", name, "-p", str(prefix), "-c", str(conf_file), "-g", "pid logs/master.pid;"], capsys
-        )
-        assert (code, lines) == (0, [])
-        assert waiter.stdout.readline() == f"{int(number)}\n"
+    (prefix / "logs" / "master.pid").write_text(f"{signal_waiter.pid}\n")
+    argv = ["-s", name, "-p", str(prefix), "-c", str(conf_file), "-g", "pid logs/master.pid;"]
+    assert run_main(argv, capsys) == (0, [], "")
+    signal_waiter.wait(timeout=60)  # the waiter exits once it has the signal
+    assert signal_waiter.stdout is not None
+    assert signal_waiter.stdout.read() == f"{int(number)}\n"
 
 
 @pytest.mark.parametrize(
