@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import json
 import os
 import platform
 import resource
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from mailbench import docs, profile
 from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, WORKERS, Ports, mail_config, make_certificates
+from mailbench.record import RunRecord
 from mailbench.report import Row, Side, chart, text_table
 from mailbench.scenarios import MIB, Load, Measurement, Scenario, all_scenarios, measure
 from mailbench.servers import BenchError, Server, run_responder, run_server, server_argv
@@ -45,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="scenario keys to profile mailgate under",
     )
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and its chart")
+    parser.add_argument(
+        "--render-docs", action="store_true", help="only rewrite the docs from bench/results/results.json"
+    )
     parser.add_argument("--mailgate", default=str(REPO / ".venv/bin/mailgate"), help="mailgate binary")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx binary")
     parser.add_argument("--base-port", type=int, default=23000, help="first of the ports the bench uses")
@@ -150,9 +153,18 @@ def machine_facts(nginx: str, mailgate: str) -> dict[str, str]:
     }
 
 
+def write_docs(record: RunRecord) -> None:
+    charted = chart(record.rows, REPO / "docs/benchmarks.png")
+    (REPO / "docs/benchmarks.md").write_text(docs.render(record, charted))
+    _progress("wrote docs/benchmarks.md" + (" and docs/benchmarks.png" if charted else ""))
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     workdir = BENCH / "results"
+    if args.render_docs:
+        write_docs(RunRecord.load(workdir / "results.json"))
+        return 0
     workdir.mkdir(exist_ok=True)
     loadgen, responder = BENCH / "build/loadgen", BENCH / "build/responder"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -216,28 +228,18 @@ def main(argv: list[str]) -> int:
     facts = machine_facts(args.nginx, args.mailgate)
     for name, count in processes.items():
         facts[f"{name} processes"] = f"{count} (master and workers; configured: worker_processes {WORKERS})"
-    (workdir / "results.json").write_text(
-        json.dumps(
-            {"args": vars(args), "machine": facts, "rows": [dataclasses.asdict(r) for r in rows]},
-            indent=1,
-            default=str,
-        )
+    record = RunRecord(
+        command=("bench/run " + " ".join(argv)).strip(),
+        when=time.strftime("%Y-%m-%d %H:%M %Z"),
+        settings=vars(args),
+        facts=facts,
+        rows=rows,
+        profiles=profiles,
+        log_sizes=log_sizes,
     )
+    record.save(workdir / "results.json")
     if args.docs:
-        png = REPO / "docs/benchmarks.png"
-        charted = chart(rows, png)
-        command = "bench/run " + " ".join(argv)
-        text = docs.render(
-            rows=rows,
-            profiles=profiles,
-            facts=facts,
-            args=args,
-            command=command.strip(),
-            charted=charted,
-            log_sizes=log_sizes,
-        )
-        (REPO / "docs/benchmarks.md").write_text(text)
-        _progress("wrote docs/benchmarks.md" + (" and docs/benchmarks.png" if charted else ""))
+        write_docs(record)
     return 0
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 from mailbench import profile
 from mailbench.environment import EQUAL_PROXY_BUFFER, WORKERS
+from mailbench.record import RunRecord
 from mailbench.report import Row, markdown_table, target_summary
 
 # How the benchmark works: static text, with the configuration's constants filled in.
+# What the last real run showed and what to do about it: written by hand after that run.
+FINDINGS = Path(__file__).with_name("findings.md").read_text()
 METHOD = (
     (Path(__file__).with_name("method.md").read_text())
     .replace("{WORKERS}", str(WORKERS))
@@ -24,16 +25,8 @@ def mailgate_cpu_per_session(rows: list[Row], key: str) -> float | None:
     return found[0] if found and found[0] > 0 else None
 
 
-def render(
-    *,
-    rows: list[Row],
-    profiles: list[profile.Profile],
-    facts: dict[str, str],
-    args: argparse.Namespace,
-    command: str,
-    charted: bool,
-    log_sizes: dict[str, int],
-) -> str:
+def render(record: RunRecord, charted: bool) -> str:
+    settings = record.settings
     parts = [
         "# Benchmarks: mailgate against nginx, side by side",
         "",
@@ -46,29 +39,29 @@ def render(
         METHOD,
         "## The last run",
         "",
-        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}: {args.rounds} rounds of {args.seconds:g} s "
-        f"per scenario and server, bulk {args.bulk_sessions} x {args.fetch_mib} MiB, {args.idle} idle "
-        "connections.",
+        f"`{record.command}` on {record.when}: {settings['rounds']} rounds of {settings['seconds']:g} s per "
+        f"scenario and server, bulk {settings['bulk_sessions']} x {settings['fetch_mib']} MiB, "
+        f"{settings['idle']} idle connections.",
         "",
     ]
-    parts += [f"- {name}: {value}" for name, value in facts.items()]
-    parts += ["", markdown_table(rows), ""]
+    parts += [f"- {name}: {value}" for name, value in record.facts.items()]
+    parts += ["", markdown_table(record.rows), ""]
     if charted:
         parts += ["![mailgate / nginx ratios](benchmarks.png)", ""]
-    parts += ["## Targets", "", *target_summary(rows), ""]
-    parts += [
-        f"Log bytes written during the run: {', '.join(f'{k} {v}' for k, v in log_sizes.items())}.",
-        "",
-    ]
-    if profiles:
+    parts += ["## Targets", "", *target_summary(record.rows), ""]
+    sizes = ", ".join(f"{name} {size}" for name, size in record.log_sizes.items())
+    parts += [f"Log bytes written during the run: {sizes}.", ""]
+    if FINDINGS.strip():
+        parts += [FINDINGS, ""]
+    if record.profiles:
         parts += ["## Where mailgate's time goes (py-spy)", ""]
         parts += [
-            "py-spy sampled mailgate's workers (`--subprocesses --nonblocking`, busy threads only) while",
-            "the load generator ran the scenario. C time (libssl, uvloop) is charged to the innermost",
-            "Python frame.",
+            "py-spy sampled mailgate's workers (`--subprocesses --native`) while the load generator ran the",
+            "scenario. A sample is charged to the innermost Python frame in the function tables (C code it",
+            "calls included), and to the innermost frame of any kind in the last table.",
             "",
         ]
-        for found in profiles:
-            cost = mailgate_cpu_per_session(rows, found.key)
+        for found in record.profiles:
+            cost = mailgate_cpu_per_session(record.rows, found.key)
             parts += [f"### {found.scenario} ({found.key})", "", profile.markdown(found, cost)]
     return "\n".join(parts).rstrip() + "\n"

@@ -141,6 +141,15 @@ def _loadgen(loadgen: Path, scenario: Scenario, port: int, load: Load) -> list[s
 
 
 def measure(loadgen: Path, scenario: Scenario, server: Server, load: Load) -> Measurement:
+    m = _measure(loadgen, scenario, server, load)
+    if server.process.poll() is not None:
+        raise BenchError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+    if m.sessions == 0 and m.errors:
+        raise BenchError(f"{server.name} completed no {scenario.key} session:\n{server.log_tail()}")
+    return m
+
+
+def _measure(loadgen: Path, scenario: Scenario, server: Server, load: Load) -> Measurement:
     port = server.base_port + PORT_OFFSETS[scenario.listener]
     argv = _loadgen(loadgen, scenario, port, load)
     if scenario.kind == "idle":

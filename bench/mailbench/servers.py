@@ -127,6 +127,9 @@ class Server:
     def pss_kib(self) -> int:
         return pss_kib(self.pids)
 
+    def log_tail(self) -> str:
+        return f"{_tail(self.prefix / 'error.log', 10)}\n{_tail(self.prefix / 'stderr.log', 10)}"
+
 
 @contextmanager
 def run_server(
