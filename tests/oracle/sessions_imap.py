@@ -13,7 +13,7 @@ from tests.oracle.script import (
     starttls,
 )
 from tests.oracle.targets import INVALID_LOGIN, TEMPORARY_FAILURE
-from tests.oracle.transcript import Step
+from tests.oracle.transcript import Lines, Read, Send, StartTls, Step
 
 GREETING = b"* OK IMAP4 ready\r\n"
 CAPS = b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS"
@@ -563,6 +563,47 @@ SMALL_SERVER = [
     ),
 ]
 
+# Several TLS records in one segment, and a first command riding with the client's last handshake flight.
+TLS_RECORDS = [
+    imap(
+        "implicit-tls-commands-in-separate-records",
+        "imap_ssl",
+        [
+            Send(b"a NOOP\r\n", b"b NOOP\r\n", b"c NOOP\r\n", together=True),
+            Read(Lines(3), ok(b"a") + ok(b"b") + ok(b"c")),
+        ],
+    ),
+    imap(
+        "implicit-tls-login-split-across-records",
+        "imap_ssl",
+        [Send(b"a LOGIN ok", b" secret\r\n", together=True), Read(Lines(1), logged_in(b"a"))],
+    ),
+    imap(
+        "starttls-on-command-with-client-finished",
+        "imap_on",
+        say(b"b STARTTLS\r\n", ok(b"b")),
+        [StartTls(hold_finished=True)],
+        say(b"c NOOP\r\n", ok(b"c")),
+    ),
+    imap(
+        "starttls-only-login-with-client-finished",
+        "imap_only",
+        say(b"a STARTTLS\r\n", ok(b"a")),
+        [StartTls(hold_finished=True)],
+        say(b"b LOGIN ok secret\r\n", logged_in(b"b")),
+    ),
+    imap(
+        "starttls-on-commands-in-separate-records",
+        "imap_on",
+        say(b"b STARTTLS\r\n", ok(b"b")),
+        starttls(),
+        [
+            Send(b"c NOOP\r\n", b"d LOGIN ok pw\r\n", together=True),
+            Read(Lines(2), ok(b"c") + logged_in(b"d")),
+        ],
+    ),
+]
+
 SESSIONS: list[Session] = [
     *BASICS,
     *COMMAND_SYNTAX,
@@ -575,4 +616,5 @@ SESSIONS: list[Session] = [
     *STARTTLS_ONLY,
     *IMPLICIT_TLS,
     *SMALL_SERVER,
+    *TLS_RECORDS,
 ]

@@ -16,7 +16,7 @@ from tests.oracle.script import (
     starttls,
 )
 from tests.oracle.targets import INVALID_LOGIN, TEMPORARY_FAILURE
-from tests.oracle.transcript import Step
+from tests.oracle.transcript import Lines, Read, Send, StartTls, Step
 
 GREETING = b"+OK POP3 ready\r\n"
 SALTED_GREETING = b"+OK POP3 ready " + SALT + b"\r\n"
@@ -410,6 +410,32 @@ IMPLICIT_TLS = [
     pop3("implicit-tls-apop-not-enabled", "pop3_ssl", say(b"APOP ok " + DIGEST + b"\r\n", ERR)),
 ]
 
+# Several TLS records in one segment, and a first command riding with the client's last handshake flight.
+TLS_RECORDS = [
+    pop3(
+        "implicit-tls-commands-in-separate-records",
+        "pop3_ssl",
+        [
+            Send(b"NOOP\r\n", b"USER ok\r\n", b"PASS pw\r\n", together=True),
+            Read(Lines(3), OK + OK + LOGGED_IN),
+        ],
+    ),
+    pop3(
+        "stls-on-command-with-client-finished",
+        "pop3_on",
+        say(b"STLS\r\n", OK),
+        [StartTls(hold_finished=True)],
+        say(b"CAPA\r\n", CAPA_ALL),
+    ),
+    pop3(
+        "stls-only-login-in-separate-records",
+        "pop3_only",
+        say(b"STLS\r\n", OK),
+        starttls(),
+        [Send(b"USER ok\r\n", b"PASS pw\r\n", together=True), Read(Lines(2), OK + LOGGED_IN)],
+    ),
+]
+
 SESSIONS: list[Session] = [
     *BASICS,
     *USER_PASS,
@@ -421,4 +447,5 @@ SESSIONS: list[Session] = [
     *STLS_ON,
     *STLS_ONLY,
     *IMPLICIT_TLS,
+    *TLS_RECORDS,
 ]

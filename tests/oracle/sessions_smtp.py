@@ -14,7 +14,7 @@ from tests.oracle.script import (
     starttls,
 )
 from tests.oracle.targets import INVALID_LOGIN, TEMPORARY_FAILURE
-from tests.oracle.transcript import Closed, Read, Send, Step
+from tests.oracle.transcript import Closed, Lines, Read, Send, StartTls, Step
 
 GREETING = b"220 mail.example.com ESMTP ready\r\n"
 NAME = b"250-mail.example.com"
@@ -486,6 +486,35 @@ IMPLICIT_TLS = [
     ),
 ]
 
+# Several TLS records in one segment, and a first command riding with the client's last handshake flight.
+TLS_RECORDS = [
+    smtp(
+        "implicit-tls-commands-in-separate-records",
+        "smtp_ssl",
+        [
+            Send(b"EHLO client\r\n", b"NOOP\r\n", AUTH_PLAIN_OK, together=True),
+            Read(Lines(5), EHLO["smtp_ssl"] + OK + AUTHENTICATED),
+        ],
+    ),
+    smtp(
+        "starttls-on-command-with-client-finished",
+        "smtp_on",
+        say(b"STARTTLS\r\n", START_TLS),
+        [StartTls(hold_finished=True)],
+        say(b"EHLO client\r\n", EHLO_ON_AFTER_TLS),
+    ),
+    smtp(
+        "starttls-only-auth-in-separate-records",
+        "smtp_only",
+        say(b"STARTTLS\r\n", START_TLS),
+        starttls(),
+        [
+            Send(b"AUTH LOGIN\r\n", b64(b"ok") + b"\r\n", b64(b"pw") + b"\r\n", together=True),
+            Read(Lines(3), USERNAME + PASSWORD + AUTHENTICATED),
+        ],
+    ),
+]
+
 GREETING_DELAY = [
     smtp("greeting-delay-patient-client", "smtp_delay", say(b"EHLO client\r\n", EHLO["smtp_plain"])),
     Session(
@@ -510,5 +539,6 @@ SESSIONS: list[Session] = [
     *STARTTLS_ON,
     *STARTTLS_ONLY,
     *IMPLICIT_TLS,
+    *TLS_RECORDS,
     *GREETING_DELAY,
 ]

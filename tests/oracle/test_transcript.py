@@ -18,6 +18,7 @@ from tests.oracle.transcript import (
     ReadResult,
     SaltWindow,
     Send,
+    Step,
     Until,
     normalise,
     play,
@@ -46,6 +47,7 @@ def test_salt_in_base64_challenge_is_normalised() -> None:
         b"+ " + base64.b64encode(b"<1.1000000000@mail.example.com>") + b"\r\n",
         b"+ VXNlcm5hbWU6\r\n",  # a prompt, not a salt
     ],
+    ids=["random-part-too-large", "time-outside-session", "base64-time-outside-session", "prompt"],
 )
 def test_malformed_or_foreign_salts_are_left_alone(data: bytes) -> None:
     assert normalise(data, WINDOW) == data
@@ -73,7 +75,7 @@ def line_server() -> Iterator[int]:
 
 
 def test_reads_stop_at_their_condition_and_keep_the_rest_for_the_next(line_server: int) -> None:
-    script = [
+    script: list[Step] = [
         Read(Lines(1)),
         Send(b"A\r\n", b"B\r\n"),
         Read(Lines(1)),

@@ -4,10 +4,12 @@ A script is a list of steps run in order on one connection:
 
 * ``Send(b"a LOGIN ", b"u p\\r\\n")`` writes its parts, each as its own TCP segment (TCP_NODELAY and a short
   pause between parts), so a command can arrive split; several commands in one part arrive pipelined.
+  ``Send(..., together=True)`` puts the parts in one segment (under TLS: one record each, one segment).
 * ``Read(until)`` reads until a condition holds: ``Lines(n)`` (n more LF-terminated lines), ``Until(b"...")``
-  (the bytes read by this step end with a terminator) or ``Closed()`` (the server closed the connection).
+  (up to and including the first terminator) or ``Closed()`` (the server closed the connection).
   Bytes that arrive beyond the condition stay buffered for the next ``Read``.
-* ``StartTls()`` wraps the connection in client-side TLS (after STARTTLS/STLS was accepted).
+* ``StartTls()`` wraps the connection in client-side TLS (after STARTTLS/STLS was accepted); with
+  ``hold_finished=True`` the client's last handshake flight leaves with the next Send, in one segment.
 * ``Wait(seconds)`` pauses (for ``smtp_greeting_delay``).
 
 ``play`` returns a ``Transcript``: for every ``Read`` the bytes it consumed and how it ended (condition
@@ -48,7 +50,7 @@ class Lines:
 
 @dataclass(frozen=True)
 class Until:
-    """Read until the bytes read by this step end with ``terminator``."""
+    """Read up to and including the first ``terminator``."""
 
     terminator: bytes
 
@@ -63,12 +65,18 @@ Condition = Lines | Until | Closed
 
 @dataclass(frozen=True)
 class Send:
-    """Write ``parts`` in order, each as a separate segment."""
+    """Write ``parts`` in order, each as a separate segment with a pause between them.
+
+    With ``together``, the parts go out in one segment instead: under TLS each part is still its own TLS
+    record, so the server receives several records in one read.
+    """
 
     parts: tuple[bytes, ...]
+    together: bool
 
-    def __init__(self, *parts: bytes) -> None:
+    def __init__(self, *parts: bytes, together: bool = False) -> None:
         object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "together", together)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,13 @@ class Read:
 
 @dataclass(frozen=True)
 class StartTls:
-    """Wrap the connection in client-side TLS."""
+    """Wrap the connection in client-side TLS.
+
+    With ``hold_finished``, the client's last handshake flight is held back and goes out in the same
+    segment as the next Send, so the server gets the first command together with the end of the handshake.
+    """
+
+    hold_finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,53 +160,107 @@ class Endpoint:
 
 
 class _Connection:
+    """A TCP connection, optionally with TLS on memory BIOs so that records and flushes are ours to place."""
+
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.sock: socket.socket = socket.create_connection(
             (endpoint.host, endpoint.port), timeout=READ_TIMEOUT
         )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.pending = b""
+        self.tls: ssl.SSLObject | None = None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.pending = b""  # application bytes received and not yet consumed by a Read
         self.closed = False
 
-    def start_tls(self) -> TlsResult:
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _recv_raw(self, deadline: float) -> bytes | None:
+        """Bytes from the socket; b"" at EOF; None if nothing arrived before the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+    def start_tls(self, step: StartTls) -> TlsResult:
         context = self.endpoint.tls_context
         if context is None:
             return TlsResult(False, "no client TLS context")
-        try:
-            self.sock = context.wrap_socket(self.sock, server_hostname=self.endpoint.server_hostname)
-        except (OSError, ssl.SSLError) as error:
-            self.closed = True
-            return TlsResult(False, type(error).__name__)
+        tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=self.endpoint.server_hostname)
+        deadline = time.monotonic() + READ_TIMEOUT
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                chunk = self._recv_raw(deadline)
+                if not chunk:
+                    self.closed = True
+                    return TlsResult(False, "closed during the handshake" if chunk == b"" else "timed out")
+                self.incoming.write(chunk)
+            except ssl.SSLError as error:
+                self._flush()
+                self.closed = True
+                return TlsResult(False, type(error).__name__)
+        self.tls = tls
+        if not step.hold_finished:
+            self._flush()
         return TlsResult(True)
 
     def send(self, step: Send) -> None:
         for index, part in enumerate(step.parts):
-            if index:
+            if index and not step.together:
                 time.sleep(PART_PAUSE)
-            self.sock.sendall(part)
+            if self.tls is None:
+                self.outgoing.write(part)
+            else:
+                self.tls.write(part)
+            if not step.together:
+                self._flush()
+        self._flush()
 
     def _receive(self, deadline: float) -> bool:
         """Append what arrives to ``pending``; False once the connection is closed or the time is up."""
-        if self.closed:
-            return False
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
-            chunk = b""
-        except ssl.SSLError:
-            chunk = b""
-        if not chunk:
-            self.closed = True
-            return False
-        self.pending += chunk
-        return True
+        while not self.closed:
+            if self.tls is not None:
+                try:
+                    data = self.tls.read(65536)
+                except ssl.SSLWantReadError:
+                    data = None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLError):
+                    data = b""
+                if data is not None:
+                    if not data:
+                        self.closed = True
+                        return False
+                    self.pending += data
+                    return True
+                self._flush()  # TLS 1.3 may have something to say (e.g. a key update)
+            chunk = self._recv_raw(deadline)
+            if chunk is None:
+                return False
+            if self.tls is None:
+                if not chunk:
+                    self.closed = True
+                    return False
+                self.pending += chunk
+                return True
+            if chunk:
+                self.incoming.write(chunk)
+            else:
+                self.incoming.write_eof()
+        return False
 
     def read(self, until: Condition) -> ReadResult:
         deadline = time.monotonic() + READ_TIMEOUT
@@ -236,7 +304,7 @@ def play(endpoint: Endpoint, script: Sequence[Step]) -> Transcript:
         return transcript
     try:
         if endpoint.implicit_tls:
-            result = connection.start_tls()
+            result = connection.start_tls(StartTls())
             if not result.ok:
                 transcript.error = str(result)
                 return transcript
@@ -252,7 +320,7 @@ def play(endpoint: Endpoint, script: Sequence[Step]) -> Transcript:
                         f"bytes arrived in clear before the TLS handshake: {connection.pending!r}"
                     )
                     return transcript
-                transcript.steps.append(connection.start_tls())
+                transcript.steps.append(connection.start_tls(step))
             else:
                 time.sleep(step.seconds)
                 transcript.steps.append(None)
