@@ -197,6 +197,17 @@ class Resolver:
 
 
 @dataclass(frozen=True)
+class SessionLogTarget:
+    """`session_log FILE|stderr|syslog:... [text|json]` (a mailgate extension): one line per ended session."""
+
+    path: Path | None  # None for stderr and syslog
+    stderr: bool = False
+    syslog: SyslogTarget | None = None
+    json: bool = False
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True)
 class CoreSettings:
     """ngx_mail_core_module per server."""
 
@@ -206,6 +217,7 @@ class CoreSettings:
     resolver_timeout: float = 30.0
     max_errors: int = 5
     error_logs: tuple[ErrorLogTarget, ...] = ()  # empty: inherit the main-level logs
+    session_log: SessionLogTarget | None = None  # None: `session_log off` (the default)
 
 
 @dataclass(frozen=True)

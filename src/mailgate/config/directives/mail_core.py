@@ -6,11 +6,15 @@ and per port of a range, the protocol guessed from the first port while none is 
 address:port per mail block (`duplicate "ADDR" address and port pair`). Unknown parameters give
 nginx's text `the invalid "X" parameter` (the spec's `invalid parameter "X"` paraphrases it).
 `backlog`, `rcvbuf` and `sndbuf` above 2**31 - 1 are taken as 2**31 - 1 (nginx truncates them to a C int).
+
+`session_log off | FILE | stderr | syslog:... [text | json]` is a mailgate extension (docs/session-log.md):
+one line per session when it ends. A server without its own inherits the mail block's; the default is off.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mailgate.config.address import SocketAddress, UrlError, parse_url
 from mailgate.config.directives import (
@@ -25,7 +29,7 @@ from mailgate.config.directives import (
     num_slot,
     str_slot,
 )
-from mailgate.config.directives.core import parse_error_log
+from mailgate.config.directives.core import _parse_syslog, parse_error_log
 from mailgate.config.directives.ssl import SslConf
 from mailgate.config.errors import ConfigError
 from mailgate.config.model import (
@@ -36,6 +40,7 @@ from mailgate.config.model import (
     MailConfig,
     Protocol,
     Resolver,
+    SessionLogTarget,
     SourceRef,
 )
 from mailgate.config.values import MAX_C_INT, atoi, parse_size, parse_time, shown
@@ -69,6 +74,8 @@ class MailCoreConf:
     resolver_timeout: float | None = None
     max_errors: int | None = None
     error_logs: list[ErrorLogTarget] = field(default_factory=list)
+    session_log_set: bool = False
+    session_log: SessionLogTarget | None = None
 
 
 def _server(call: DirectiveCall, mail: Level) -> None:
@@ -214,6 +221,36 @@ def _error_log(call: DirectiveCall, conf: MailCoreConf) -> None:
     conf.error_logs.append(parse_error_log(call))
 
 
+_SESSION_LOG_FORMATS = {"text": False, "json": True}
+
+
+def _session_log(call: DirectiveCall, conf: MailCoreConf) -> None:
+    """`session_log off | FILE | stderr | syslog:... [text | json]` (mailgate's own directive)."""
+    if conf.session_log_set:
+        raise call.invalid("is duplicate")
+    conf.session_log_set = True
+    destination = call.args[0]
+    if destination == "off":
+        if len(call.args) > 1:
+            raise call.invalid("takes no format when off")
+        return
+    json = False
+    if len(call.args) > 1:
+        if call.args[1] not in _SESSION_LOG_FORMATS:
+            raise call.error(f'unknown session log format "{shown(call.args[1])}"')
+        json = _SESSION_LOG_FORMATS[call.args[1]]
+    if destination == "stderr":
+        conf.session_log = SessionLogTarget(path=None, stderr=True, json=json, source=call.source)
+    elif destination.startswith("syslog:"):
+        syslog = _parse_syslog(call, destination[len("syslog:") :])
+        conf.session_log = SessionLogTarget(path=None, syslog=syslog, json=json, source=call.source)
+    elif not destination:
+        raise call.invalid("invalid value")
+    else:
+        path = Path(call.loader.prefix_path(destination))
+        conf.session_log = SessionLogTarget(path=path, json=json, source=call.source)
+
+
 def _resolver(call: DirectiveCall, conf: MailCoreConf) -> None:
     if conf.resolver_set:
         raise call.invalid("is duplicate")
@@ -271,6 +308,7 @@ DIRECTIVES = (
     Directive("resolver", _M_S, Shape.ONE_MORE, _resolver, MailCoreConf),
     Directive("resolver_timeout", _M_S, Shape.TAKE1, msec_slot("resolver_timeout"), MailCoreConf),
     Directive("max_errors", _M_S, Shape.TAKE1, num_slot("max_errors"), MailCoreConf),
+    Directive("session_log", _M_S, Shape.TAKE12, _session_log, MailCoreConf),
 )
 
 
@@ -286,4 +324,5 @@ def merge(context: MergeContext, mail: MailCoreConf, server: MailCoreConf) -> Co
         resolver_timeout=inherit(server.resolver_timeout, mail.resolver_timeout, 30.0),
         max_errors=inherit(server.max_errors, mail.max_errors, 5),
         error_logs=tuple(server.error_logs or mail.error_logs),
+        session_log=server.session_log if server.session_log_set else mail.session_log,
     )
