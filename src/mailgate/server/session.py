@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 import time
@@ -21,7 +22,7 @@ from mailgate.auth.client_host import ClientHostResolver
 from mailgate.auth.request import UNAVAILABLE, AuthAttempt
 from mailgate.auth.response import Backend, InternalError, Reject
 from mailgate.config.model import Listen, LogLevel, Protocol, ServerConfig
-from mailgate.log import ErrorLog, LogContext
+from mailgate.log import ErrorLog, LogContext, SessionLogEntry
 from mailgate.protocol.credentials import Credentials
 from mailgate.protocol.engine import PreAuthEngine
 from mailgate.protocol.events import Authenticate, Close, Log, NeedData, Reply, StartTls
@@ -42,6 +43,11 @@ from mailgate.proxy.relay import Peer, Relay, RelayOutcome
 from mailgate.tls import ServerTls, TlsFacts, check_client_certificate, tls_facts
 
 T = TypeVar("T")
+
+# nginx logs its timeouts with the errno text of ETIMEDOUT.
+CLIENT_TIMED_OUT = "client timed out (110: Connection timed out)"
+# Errors nginx only learns at its first recv() on the upstream, as its connect() does not block.
+_ASYNC_CONNECT_ERRORS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ECONNRESET})
 
 _ENGINES: dict[Protocol, Callable[..., PreAuthEngine]] = {
     Protocol.IMAP: ImapPreAuth,
@@ -86,6 +92,27 @@ class SessionRecord:
     client_to_backend: int = 0
     backend_to_client: int = 0
     close_reason: str = ""
+
+    def log_entry(self) -> SessionLogEntry:
+        """The session log's line for this session (no password is ever recorded here)."""
+        tls = self.tls
+        return SessionLogEntry(
+            connection=self.connection,
+            client=self.client,
+            server=self.server,
+            protocol=str(self.protocol),
+            tls=self.tls_mode or "none",
+            tls_protocol=tls.protocol if tls is not None else None,
+            tls_cipher=tls.cipher if tls is not None else None,
+            tls_resumed=tls.resumed if tls is not None else None,
+            login=self.login,
+            auth=self.auth_result or "none",
+            upstream=self.upstream,
+            bytes_from_client=self.client_to_backend,
+            bytes_to_client=self.backend_to_client,
+            duration=time.monotonic() - self.started,
+            end=self.close_reason or "closed",
+        )
 
 
 class Session:
@@ -164,7 +191,10 @@ class Session:
         return self.record
 
     def stop(self, reason: str) -> None:
-        """End the session from outside (worker shutdown): a relay is ended, anything else closed."""
+        """End the session from outside: `shutdown timeout` (logged, as nginx logs it for relays) when a
+        graceful stop ran out of time, `worker exiting` (silent) for a fast stop."""
+        if reason == "shutdown timeout" and self.relay is None:
+            self._log(LogLevel.INFO, reason)
         if self.relay is not None:
             self.relay.stop(reason)
         else:
@@ -191,11 +221,12 @@ class Session:
         client.write(engine.greeting())
         deadline = self.loop.time() + self.server.core.timeout
         backend, credentials = await self._pre_auth(client, engine, client_host, deadline)
-        self.action = "proxying"
+        self.action = None  # nginx names no action for the login and the end of the relay
         self._log(LogLevel.INFO, "client logged in")
         self.record.auth_result = "ok"
         to_backend = engine.take_unconsumed()
         self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout)
+        self.action = "proxying"
         outcome = await self.relay.run(backend, to_backend)
         self._relay_finished(outcome)
         del credentials
@@ -210,11 +241,11 @@ class Session:
         self.record.backend_to_client = outcome.backend_to_client
         self.record.close_reason = outcome.reason
         if outcome.reason == "timed out":
-            self._log(LogLevel.INFO, "client timed out")
-        elif outcome.reason == "shutdown":
+            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
+        elif outcome.reason == "shutdown timeout":
             self._log(LogLevel.INFO, "shutdown timeout")
-        else:
-            self._log(LogLevel.INFO, "proxied session done")
+        elif outcome.reason != "worker exiting":
+            self._log(LogLevel.INFO, "proxied session done", action="")
 
     # -- PROXY protocol, TLS
 
@@ -246,7 +277,7 @@ class Session:
                 Peer, self.sock, ssl=context, ssl_handshake_timeout=remaining if context else None
             )
         except TimeoutError:
-            self._log(LogLevel.INFO, "client timed out")
+            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
             self._end("timed out")
         except (ssl.SSLError, ConnectionError, OSError) as error:
             self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
@@ -299,7 +330,7 @@ class Session:
                 ssl_handshake_timeout=remaining,
             )
         except TimeoutError:
-            self._log(LogLevel.INFO, "client timed out")
+            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
             self._end("timed out")
         except (ssl.SSLError, ConnectionError, OSError) as error:
             self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
@@ -359,8 +390,7 @@ class Session:
                 engine.tls_established()
                 self.action = "in auth state"
             elif isinstance(event, Close):
-                self.record.close_reason = event.reason
-                self._end(event.reason)
+                self._end("client quit" if event.reason in ("logout", "quit") else event.reason)
             elif isinstance(event, Authenticate):
                 attempts += 1
                 outcome = await self._authenticate(client, engine, event.credentials, attempts, client_host)
@@ -392,7 +422,7 @@ class Session:
             async with asyncio.timeout_at(deadline):
                 return await awaitable
         except TimeoutError:
-            self._log(LogLevel.INFO, "client timed out")
+            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
             self._end("timed out")
 
     # -- authentication
@@ -434,6 +464,7 @@ class Session:
             self.login = None
             return None
         assert isinstance(decision, Backend)
+        self.record.auth_result = "ok"
         return await self._login_to_backend(client, engine, credentials, decision, client_host)
 
     def _internal_error(self, client: Peer, engine: PreAuthEngine) -> NoReturn:
@@ -466,11 +497,15 @@ class Session:
             async with asyncio.timeout_at(deadline):
                 _, peer = await self.loop.create_connection(Peer, backend.address, backend.port)
         except TimeoutError:
+            self.record.close_reason = "backend timed out"
             self._backend_failed(client, login.timed_out())
         except OSError as error:
-            self._log(
-                LogLevel.ERROR, f"connect() to {backend.upstream} failed ({error.errno}: {error.strerror})"
-            )
+            described = f"({error.errno}: {error.strerror})"
+            if error.errno in _ASYNC_CONNECT_ERRORS:
+                self._log(LogLevel.ERROR, f"recv() failed {described}", UpstreamAction.READING_RESPONSE)
+            else:
+                self._log(LogLevel.ERROR, f"connect() to {backend.upstream} failed {described}")
+            self.record.close_reason = "backend connect failed"
             self._internal_error(client, engine)
         self.backend = peer
         header = build_proxy_header(
@@ -494,13 +529,13 @@ class Session:
                         else:
                             self._backend_failed(client, event)
         except TimeoutError:
+            self.record.close_reason = "backend timed out"
             self._backend_failed(client, login.timed_out())
 
     def _backend_failed(self, client: Peer, failure: Failed) -> NoReturn:
         if failure.log_message:
             self._log(failure.log_level, failure.log_message)
         client.write(failure.client_bytes)
-        self.record.auth_result = "backend login failed"
         self._end("backend login failed")
 
     # -- ending
