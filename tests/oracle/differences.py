@@ -1,8 +1,10 @@
 """Sessions where Debian's nginx 1.22 does not send what the spec (newest nginx, 1.31) says.
 
 For each, the session's own ``expect`` bytes are the spec's, and mailgate must send them; ``nginx_1_22``
-gives what nginx 1.22 sends instead at the listed script steps. The tests assert both, so an entry cannot
-go stale: if nginx 1.22 ever sent the spec's bytes, or mailgate did not, a test fails.
+gives what nginx 1.22 sends instead at the listed script steps. Where the client sees the same bytes and
+only the auth request or the backend login differs, ``beyond_client`` gives the spec's and nginx 1.22's
+bytes there. The tests assert both sides, so an entry cannot go stale: if nginx 1.22 ever sent the spec's
+bytes, or mailgate did not, a test fails.
 
 ``newer`` entries are explained by a later nginx change in spec §8. ``unexplained`` entries contradict the
 spec with no §8 entry to account for them: mailgate follows the spec, and the spec's owner should confirm
@@ -11,14 +13,17 @@ the spec rather than nginx 1.22 (both are reported).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Nginx122Difference:
     kind: str  # "newer" or "unexplained"
     reason: str
-    nginx_1_22: dict[int, bytes]  # script step index -> what nginx 1.22 sends in that Read
+    nginx_1_22: dict[int, bytes] = field(default_factory=dict)  # script step -> what 1.22 sends in that Read
+    # Where the client receives the same bytes: (spec, nginx 1.22) byte strings that differ in the auth
+    # request or in what the backend receives. Replacing each spec string in mailgate's run gives nginx's.
+    beyond_client: tuple[tuple[bytes, bytes], ...] = ()
 
 
 NGINX_1_22_DIFFERENCES: dict[str, Nginx122Difference] = {
@@ -40,6 +45,23 @@ NGINX_1_22_DIFFERENCES: dict[str, Nginx122Difference] = {
         "the stale login (`Auth-User: retry`) with the `smtp_auth none` request, which this auth server "
         "rejects again; the spec sends an empty Auth-User, so the RCPT is relayed (spec §2.4.4).",
         {4: b"250 2.0.0 OK\r\n535 5.7.0 Invalid login or password\r\n"},
+    ),
+    "imap-implicit-tls-default-protocols": Nginx122Difference(
+        "newer",
+        "1.23.4: TLSv1.3 is in the default ssl_protocols. nginx 1.22 (TLSv1 TLSv1.1 TLSv1.2 by default) "
+        "negotiates TLSv1.2 with the same client, which shows in the auth request (spec §3.3, §4.6).",
+        beyond_client=(
+            (b"Auth-SSL-Protocol: TLSv1.3\r\n", b"Auth-SSL-Protocol: TLSv1.2\r\n"),
+            (
+                b"Auth-SSL-Cipher: TLS_AES_256_GCM_SHA384\r\n",
+                b"Auth-SSL-Cipher: ECDHE-ECDSA-AES256-GCM-SHA384\r\n",
+            ),
+        ),
+    ),
+    "smtp-xclient-login-is-xtext": Nginx122Difference(
+        "newer",
+        "1.29.2: XCLIENT LOGIN= is xtext-encoded. nginx 1.22 sends the login raw (spec §5.3).",
+        beyond_client=((b"LOGIN=ok+2Bx+3Dy+C3+A9 ", b"LOGIN=ok+x=y\xc3\xa9 "),),
     ),
     "imap-empty-tag": Nginx122Difference(
         "unexplained",

@@ -539,6 +539,11 @@ STARTTLS_ONLY = [
 ]
 
 IMPLICIT_TLS = [
+    imap(
+        "implicit-tls-default-protocols",
+        "imap_tlsdefault_ssl",
+        say(b"a LOGIN ok secret\r\n", logged_in(b"a")),
+    ),
     imap("implicit-tls-login", "imap_ssl", say(b"a LOGIN ok secret\r\n", logged_in(b"a"))),
     imap("implicit-tls-external-not-enabled", "imap_ssl", say(b"a AUTHENTICATE EXTERNAL\r\n", bad(b"a"))),
     imap("implicit-tls-rejection", "imap_ssl", say(b"a LOGIN reject secret\r\n", no(b"a"), closes=True)),

@@ -249,6 +249,11 @@ AUTH = [
         "smtp_plain",
         say(b"EHLO client\r\nNOOP\r\n" + AUTH_PLAIN_OK, EHLO["smtp_plain"] + OK + AUTHENTICATED),
     ),
+    smtp(
+        "xclient-login-is-xtext",
+        "smtp_plain",
+        say(b"AUTH PLAIN " + plain_response("ok+x=y\u00e9".encode(), b"pw") + b"\r\n", AUTHENTICATED),
+    ),
     smtp("mail-without-auth-refused", "smtp_plain", say(b"MAIL FROM:<a@example.org>\r\n", AUTH_REQUIRED)),
     smtp("rcpt-without-mail-refused", "smtp_plain", say(b"RCPT TO:<b@example.net>\r\n", BAD_SEQUENCE)),
 ]
