@@ -27,6 +27,7 @@ from mailgate.config import (
 )
 from mailgate.config.errors import ConfigError, ConfigWarning
 from mailgate.config.model import Config, ErrorLogTarget, LogLevel
+from mailgate.embedded import prepare_embedded_prefix
 from mailgate.log import ErrorLog
 
 PROGRAM = "mailgate"
@@ -268,6 +269,8 @@ def resolve_paths(options: Options) -> Invocation:
 def _load(invocation: Invocation, options: Options, log: StartupLog) -> LoadedConfig:
     """Read, merge and check the configuration, logging its warnings. Raises ConfigError."""
     if invocation.embedded:
+        for notice in prepare_embedded_prefix(invocation.prefix):
+            log.log(LogLevel.NOTICE, notice)
         name = str(invocation.conf_name)
         loaded = load_text(default_conf_text(), name, invocation.prefix, options.directives)
     else:

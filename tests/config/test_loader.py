@@ -273,17 +273,24 @@ def test_load_text_names_messages_after_the_given_file(tmp_path: Path) -> None:
     assert str(caught.value) == f'unknown directive "foo" in {tmp_path}/conf/x.conf:2'
 
 
-def test_embedded_default_configuration_loads_with_three_local_servers() -> None:
+def test_embedded_default_configuration_loads_with_plain_and_tls_servers_per_protocol() -> None:
     name = str(default_conf_path(DEFAULT_PREFIX))
     loaded = load_text(default_conf_text(), name, DEFAULT_PREFIX, lookup=fixed_lookup)
     config = loaded.config
     assert name == "/var/lib/mailgate/conf/mailgate.conf"
     assert config.main.pid == Path("/var/lib/mailgate/logs/mailgate.pid")
     assert config.mail is not None
-    assert [(server.protocol.value, server.listens[0].text) for server in config.mail.servers] == [
-        ("imap", "127.0.0.1:1143"),
-        ("pop3", "127.0.0.1:1110"),
-        ("smtp", "127.0.0.1:1587"),
+    servers = [
+        (server.protocol.value, server.listens[0].text, server.listens[0].ssl, server.ssl.starttls.value)
+        for server in config.mail.servers
+    ]
+    assert servers == [
+        ("imap", "127.0.0.1:1143", False, "on"),
+        ("imap", "127.0.0.1:1993", True, "off"),
+        ("pop3", "127.0.0.1:1110", False, "on"),
+        ("pop3", "127.0.0.1:1995", True, "off"),
+        ("smtp", "127.0.0.1:1587", False, "on"),
+        ("smtp", "127.0.0.1:1465", True, "off"),
     ]
     assert loaded.dump().startswith(f"# configuration file {name}:\n# mailgate's embedded default")
 

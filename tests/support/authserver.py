@@ -163,12 +163,12 @@ Responder = Callable[[AuthRequest], AuthReply]
 class _TcpServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
-    allow_reuse_address = False
+    allow_reuse_address = True  # a fixed port may still have TIME_WAIT connections; Linux never shares it
 
-    def __init__(self, owner: AuthServer, host: str) -> None:
+    def __init__(self, owner: AuthServer, host: str, port: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.owner = owner
-        super().__init__((host, 0), _Handler)
+        super().__init__((host, port), _Handler)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -179,10 +179,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class AuthServer:
-    """The recording auth_http server on ``host`` and a free port; start with ``start()`` or ``with``."""
+    """The recording auth_http server on ``host`` and ``port`` (0: a free one); start it with ``start()`` or
+    ``with``."""
 
-    def __init__(self, host: str = IPV4_LOOPBACK) -> None:
-        self._tcp = _TcpServer(self, host)
+    def __init__(self, host: str = IPV4_LOOPBACK, port: int = 0) -> None:
+        self._tcp = _TcpServer(self, host, port)
         self.host = host
         self.port: int = self._tcp.server_address[1]
         self._thread = threading.Thread(
