@@ -273,9 +273,12 @@ class Session:
         context = self._tls_context() if self.listen.ssl else None
         remaining = max(0.001, deadline - self.loop.time())
         try:
-            _, client = await self.loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 Peer, self.sock, ssl=context, ssl_handshake_timeout=remaining if context else None
             )
+            # uvloop returns its SSLProtocol rather than ours when ssl is given; the transport knows ours.
+            client = transport.get_protocol()
+            assert isinstance(client, Peer)
         except TimeoutError:
             self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
             self._end("timed out")

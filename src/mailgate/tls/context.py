@@ -35,7 +35,6 @@ from mailgate.tls.libssl import (
     SSL_CTRL_SET_GROUPS_LIST,
     SSL_CTRL_SET_MAX_PROTO_VERSION,
     SSL_CTRL_SET_MIN_PROTO_VERSION,
-    SSL_CTRL_SET_READ_AHEAD,
     SSL_CTRL_SET_SESS_CACHE_MODE,
     SSL_CTRL_SET_SESS_CACHE_SIZE,
     SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
@@ -256,7 +255,8 @@ def _set_fixed_options(ctx: int, protocols: frozenset[str]) -> None:
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, 0, None)
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MAX_PROTO_VERSION, TLS1_3_VERSION, None)
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN, None)
-    libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, None)
+    # No read-ahead, unlike nginx: it saves no syscall on a memory BIO, and uvloop reads only while the BIO or
+    # SSL_pending() has bytes, so a record read ahead (pipelined behind another one) would wait for more input.
 
 
 def _use_certificate(

@@ -1,0 +1,287 @@
+"""Whole mail sessions over TLS: mailgate and Debian's nginx on one configuration, and clients to drive them.
+
+A configuration is a template: `$auth` is the auth_http address, `$pki` the directory of the test PKI
+(tests/tls/support.py), `$dir` the server's own directory, and every `listen 127.0.0.1:$name` gets a free port
+of its own. `running("mailgate" | "nginx", ...)` renders and starts it with its own recording auth server, so
+the same template run on both kinds gives two `Proxy`s whose sessions and auth requests can be compared.
+
+Clients: `Conversation` is a line-level client over a socket that turns TLS on with Python's ssl when told
+to (implicit or after STARTTLS); `s_client` runs `openssl s_client` to completion with what the user types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from tests.support.authserver import AuthReply, AuthRequest, AuthServer
+from tests.support.loopback import IPV4_LOOPBACK, free_port
+from tests.support.mailgate import mailgate_server
+from tests.support.nginx import nginx_server, require_nginx
+
+KINDS = ("nginx", "mailgate")
+SERVER_NAME = "mail.test"
+READ_TIMEOUT = 15.0
+# What every test auth server answers unless told otherwise: a refusal, so sessions end at authentication.
+REFUSAL = "Invalid login or password"
+
+_PORT_PLACEHOLDER = re.compile(r"listen\s+127\.0\.0\.1:\$\{?(\w+)\}?")
+
+MAIL_HEAD = """\
+events {
+}
+
+mail {
+    server_name mail.test;
+    auth_http $auth;
+    ssl_certificate $pki/server-rsa.crt;
+    ssl_certificate_key $pki/server-rsa.key;
+    # Debian's nginx 1.22 leaves TLSv1.3 out by default; mailgate follows 1.23.4+.
+    ssl_protocols TLSv1.2 TLSv1.3;
+"""
+
+
+def mail_config(body: str, head: str = MAIL_HEAD) -> str:
+    """A whole configuration: the common `mail {` head, then `body` (servers, more directives), then `}`."""
+    return head + body + "}\n"
+
+
+@dataclass
+class Proxy:
+    """One running mailgate or nginx and its auth server."""
+
+    kind: str
+    ports: dict[str, int]
+    auth: AuthServer
+    directory: Path
+    error_log: Path
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def log_text(self) -> str:
+        texts = []
+        for path in (self.error_log, self.directory / "stderr.log", self.directory / "nginx-stderr.log"):
+            with contextlib.suppress(OSError):
+                texts.append(path.read_text(encoding="utf-8", errors="backslashreplace"))
+        return "".join(texts)
+
+    def new_requests(self, before: int) -> list[AuthRequest]:
+        return self.auth.requests[before:]
+
+
+def port_names(template: str) -> list[str]:
+    return list(dict.fromkeys(_PORT_PLACEHOLDER.findall(template)))
+
+
+def render(template: str, ports: dict[str, int], auth: AuthServer, pki: Path, directory: Path) -> str:
+    return Template(template).substitute(ports, auth=auth.url("/auth"), pki=pki, dir=directory)
+
+
+@contextlib.contextmanager
+def running(
+    kind: str,
+    template: str,
+    pki: Path,
+    directory: Path,
+    *,
+    log_level: str = "info",
+    reply: AuthReply | None = None,
+) -> Iterator[Proxy]:
+    """Run `kind` on the rendered `template` until the block ends; its auth server answers `reply`."""
+    if kind == "nginx":
+        require_nginx()
+    directory.mkdir(parents=True, exist_ok=True)
+    with AuthServer() as auth:
+        auth.set_default(reply or AuthReply.error(REFUSAL))
+        ports = {name: free_port() for name in port_names(template)}
+        text = render(template, ports, auth, pki, directory)
+        if kind == "mailgate":
+            with mailgate_server(text, directory, log_level=log_level) as mailgate:
+                yield Proxy(kind, ports, auth, directory, mailgate.error_log)
+        else:
+            conf_file = directory / "nginx.conf"
+            conf_file.write_text(text)
+            listening = [(IPV4_LOOPBACK, port) for port in ports.values()]
+            with nginx_server(conf_file, directory, listening) as nginx:
+                yield Proxy(kind, ports, auth, directory, nginx.error_log)
+
+
+@contextlib.contextmanager
+def running_both(
+    template: str, pki: Path, directory: Path, *, reply: AuthReply | None = None
+) -> Iterator[dict[str, Proxy]]:
+    """nginx and mailgate on the same template, by kind (skips when nginx is not installed)."""
+    require_nginx()
+    with contextlib.ExitStack() as stack:
+        yield {
+            kind: stack.enter_context(running(kind, template, pki, directory / kind, reply=reply))
+            for kind in KINDS
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Python's ssl as the client
+
+
+def client_context(
+    *,
+    certificate: tuple[Path, Path] | None = None,
+    version: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
+    alpn: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """A client context that does not check the server (these tests are about the server's side)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if certificate is not None:
+        context.load_cert_chain(*certificate)
+    if version is not None:
+        context.minimum_version = version
+        context.maximum_version = version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
+
+
+@dataclass
+class Conversation:
+    """A client connection read reply by reply; `received` keeps everything the server sent, in order."""
+
+    sock: socket.socket  # an ssl.SSLSocket once TLS is on
+    pending: bytes = b""
+    received: list[bytes] = field(default_factory=list)
+    closed: bool = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, port: int, tls: ssl.SSLContext | None = None) -> Iterator[Conversation]:
+        """Connect (and with `tls`, handshake at once, as for `listen ... ssl`)."""
+        conversation = cls(socket.create_connection((IPV4_LOOPBACK, port), timeout=READ_TIMEOUT))
+        try:
+            if tls is not None:
+                conversation.sock = tls.wrap_socket(conversation.sock, server_hostname=SERVER_NAME)
+            yield conversation
+        finally:
+            with contextlib.suppress(OSError):
+                conversation.sock.close()
+
+    @property
+    def tls(self) -> ssl.SSLSocket | None:
+        return self.sock if isinstance(self.sock, ssl.SSLSocket) else None
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        """Handshake on the open connection (after the server accepted STARTTLS/STLS)."""
+        assert not self.pending, f"plaintext left unread before the handshake: {self.pending!r}"
+        assert self.tls is None, "TLS is already on"
+        self.sock = context.wrap_socket(self.sock, server_hostname=SERVER_NAME)
+
+    def _receive(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError):
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.pending += chunk
+        return True
+
+    def _take(self, end: int) -> bytes:
+        data, self.pending = self.pending[:end], self.pending[end:]
+        self.received.append(data)
+        return data
+
+    def line(self) -> bytes:
+        """One line (with its CRLF); what is left if the server closes first."""
+        while b"\n" not in self.pending:
+            if not self._receive():
+                return self._take(len(self.pending))
+        return self._take(self.pending.index(b"\n") + 1)
+
+    def until(self, pattern: bytes) -> bytes:
+        """Everything up to and including the first line matching the regular expression `pattern`."""
+        expression = re.compile(pattern, re.MULTILINE)
+        while True:
+            match = expression.search(self.pending)
+            if match is not None:
+                end = self.pending.find(b"\n", match.end())
+                if end >= 0:
+                    return self._take(end + 1)
+            if not self._receive():
+                return self._take(len(self.pending))
+
+    def reply(self, protocol: str, tag: bytes = b"") -> bytes:
+        """One complete reply: IMAP up to the tagged line (or one line untagged), POP3 one line, SMTP the
+        last `NNN ` line."""
+        if protocol == "imap" and tag:
+            return self.until(rb"^" + re.escape(tag) + rb" ")
+        if protocol == "smtp":
+            return self.until(rb"^\d{3} ")
+        return self.line()
+
+    def multiline(self) -> bytes:
+        """A POP3 multi-line reply (status line to the lone dot)."""
+        return self.until(rb"^\.\r$")
+
+    def rest(self) -> bytes:
+        """Everything until the server closes the connection."""
+        while self._receive():
+            pass
+        return self._take(len(self.pending))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# openssl s_client
+
+
+@dataclass(frozen=True)
+class SClientRun:
+    returncode: int
+    output: str
+
+    @property
+    def handshake_done(self) -> bool:
+        return bool(re.search(r"Cipher is (?!\(NONE\))", self.output))
+
+    @property
+    def reused(self) -> bool:
+        return "\nReused, " in self.output
+
+    @property
+    def protocol(self) -> str | None:
+        match = re.search(r"^\s*Protocol\s*: (\S+)", self.output, re.MULTILINE)
+        return match.group(1) if match else None
+
+    @property
+    def cipher(self) -> str | None:
+        match = re.search(r"Cipher is (\S+)", self.output)
+        return match.group(1) if match else None
+
+    def has_line(self, line: str) -> bool:
+        return line in self.output.splitlines()
+
+
+def s_client(port: int, *arguments: str | Path, typed: bytes = b"", timeout: float = 30.0) -> SClientRun:
+    """`openssl s_client -connect ... ARGUMENTS` fed `typed` (LF becomes CRLF), read until the server closes.
+
+    s_client reads what is typed only after its handshake (and its STARTTLS dialogue), then sends it at once;
+    `typed` should end with something that makes the server close (LOGOUT, QUIT, or a refused login).
+    """
+    command = ["openssl", "s_client", "-connect", f"{IPV4_LOOPBACK}:{port}", "-ign_eof", "-crlf"]
+    command += [str(argument) for argument in arguments]
+    result = subprocess.run(command, input=typed, capture_output=True, timeout=timeout, check=False)
+    return SClientRun(result.returncode, (result.stdout + result.stderr).decode("utf-8", "replace"))
