@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from tests.support.authserver import AuthReply, AuthRequest, AuthServer
+from tests.support.authserver import AuthReply, AuthRequest, AuthServer, Responder
 from tests.support.loopback import IPV4_LOOPBACK, free_port
 from tests.support.mailgate import mailgate_server
 from tests.support.nginx import nginx_server, require_nginx
@@ -93,7 +93,7 @@ def running(
     directory: Path,
     *,
     log_level: str = "info",
-    reply: AuthReply | None = None,
+    reply: AuthReply | Responder | None = None,
 ) -> Iterator[Proxy]:
     """Run `kind` on the rendered `template` until the block ends; its auth server answers `reply`."""
     if kind == "nginx":
@@ -116,7 +116,7 @@ def running(
 
 @contextlib.contextmanager
 def running_both(
-    template: str, pki: Path, directory: Path, *, reply: AuthReply | None = None
+    template: str, pki: Path, directory: Path, *, reply: AuthReply | Responder | None = None
 ) -> Iterator[dict[str, Proxy]]:
     """nginx and mailgate on the same template, by kind (skips when nginx is not installed)."""
     require_nginx()
