@@ -6,9 +6,9 @@ only the auth request or the backend login differs, ``beyond_client`` gives the 
 bytes there. The tests assert both sides, so an entry cannot go stale: if nginx 1.22 ever sent the spec's
 bytes, or mailgate did not, a test fails.
 
-``newer`` entries are explained by a later nginx change in spec §8. ``unexplained`` entries contradict the
-spec with no §8 entry to account for them: mailgate follows the spec, and the spec's owner should confirm
-the spec rather than nginx 1.22 (both are reported).
+``newer`` entries are explained by a later nginx change (spec §8, or docs/quirks.md where §8 is silent).
+``fixed`` entries are nginx bugs that the newest nginx still has, which mailgate deliberately does not copy
+(docs/quirks.md, where the spec allows or asks for it); the expected bytes are mailgate's documented ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Nginx122Difference:
-    kind: str  # "newer" or "unexplained"
+    kind: str  # "newer" or "fixed"
     reason: str
     nginx_1_22: dict[int, bytes] = field(default_factory=dict)  # script step -> what 1.22 sends in that Read
     # Where the client receives the same bytes: (spec, nginx 1.22) byte strings that differ in the auth
@@ -64,29 +64,71 @@ NGINX_1_22_DIFFERENCES: dict[str, Nginx122Difference] = {
         beyond_client=((b"LOGIN=ok+2Bx+3Dy+C3+A9 ", b"LOGIN=ok+x=y\xc3\xa9 "),),
     ),
     "imap-empty-tag": Nginx122Difference(
-        "unexplained",
+        "newer",
         "Spec §2.2.1: an empty tag is a syntax error (`* BAD invalid command`). nginx 1.22's tag state takes "
-        "a leading space as the end of a one-space tag and answers ` NOOP` with ` OK completed`; no §8 entry "
-        "after 1.21.0 (stricter tags) changes this.",
+        "a leading space as the end of a one-space tag and answers ` NOOP` with ` OK completed`. §8 lists no "
+        "change after 1.21.0 (stricter tags); docs/quirks.md #17 says the newest nginx rejects it.",
         {2: b" OK completed\r\n"},
     ),
     "imap-authenticate-external-initial-response-not-enabled": Nginx122Difference(
-        "unexplained",
-        "Spec §2.5: EXTERNAL only if enabled, with or without an initial response. nginx 1.22 checks "
-        "`imap_auth external` only for the bare `AUTHENTICATE EXTERNAL` (the 1.11.9 fix); with an initial "
-        "response it authenticates. No §8 entry covers the initial-response form.",
+        "fixed",
+        "Spec §2.5: EXTERNAL only if enabled. nginx checks `imap_auth external` only for the bare "
+        "`AUTHENTICATE EXTERNAL` (the 1.11.9 fix); with an initial response its mechanism parser completes "
+        "the login first (docs/quirks.md #14: a security fix).",
         {2: b"a OK backend logged in\r\n"},
     ),
     "pop3-auth-external-initial-response-not-enabled": Nginx122Difference(
-        "unexplained",
+        "fixed",
         "As imap-authenticate-external-initial-response-not-enabled, for POP3 `AUTH EXTERNAL <b64>` without "
-        "`pop3_auth external`: nginx 1.22 authenticates, the spec answers -ERR.",
+        "`pop3_auth external`: nginx authenticates, the spec answers -ERR.",
         {2: b"+OK backend logged in\r\n"},
     ),
     "smtp-auth-external-initial-response-not-enabled": Nginx122Difference(
-        "unexplained",
+        "fixed",
         "As imap-authenticate-external-initial-response-not-enabled, for SMTP `AUTH EXTERNAL <b64>` without "
-        "`smtp_auth external`: nginx 1.22 authenticates (235), the spec answers 500.",
+        "`smtp_auth external`: nginx authenticates (235), the spec answers 500.",
         {2: b"235 2.0.0 OK\r\n"},
+    ),
+    "imap-zero-length-literal-is-empty": Nginx122Difference(
+        "fixed",
+        "Spec §10.1: nginx's `{0}` takes the next byte as its content, so `{0}` `X secret` logs in as "
+        "`X`/`secret`; mailgate reads an empty literal, and `X` after it is a syntax error "
+        "(docs/quirks.md #1).",
+        {4: b"a OK backend logged in\r\n"},
+    ),
+    "imap-literal-without-digits": Nginx122Difference(
+        "fixed",
+        "nginx reads `{}` as `{0}` and answers `+ OK`; mailgate: syntax error (docs/quirks.md #20).",
+        {2: b"+ OK\r\n"},
+    ),
+    "imap-unterminated-quote-does-not-leak-into-next-command": Nginx122Difference(
+        "fixed",
+        'Spec §10.2: nginx leaves its "inside quotes" flag set after `a LOGIN "ok` CRLF, so the next, '
+        "well-formed LOGIN is refused; mailgate resets it (docs/quirks.md #2).",
+        {4: b"b BAD invalid command\r\n"},
+    ),
+    "imap-invalid-tag-after-rejection-gets-untagged-bad": Nginx122Difference(
+        "fixed",
+        "After a rejection with Auth-Wait nginx answers an untaggable command with a stale tag pointing into "
+        "its rewound buffer (here `!xBAD invalid command`); mailgate answers `* BAD` (docs/quirks.md #12).",
+        {4: b"!xBAD invalid command\r\n"},
+    ),
+    "imap-authenticate-login-bad-base64-username-is-tagged": Nginx122Difference(
+        "fixed",
+        "nginx answers bad base64 on the AUTHENTICATE LOGIN username line with an untagged, starless "
+        "`BAD invalid command`; mailgate uses the AUTHENTICATE tag as spec §2.2.3 says (docs/quirks.md #13).",
+        {4: b"BAD invalid command\r\n"},
+    ),
+    "pop3-auth-plain-line-break-in-password-refused": Nginx122Difference(
+        "fixed",
+        "nginx passes a decoded SASL password with CRLF on to `PASS ...`, injecting `DELE 1` into the "
+        "backend session (the backend here echoes it); mailgate refuses it (docs/quirks.md #23).",
+        {2: b"+OK backend logged in\r\n", 4: b"DELE 1\r\n"},
+    ),
+    "smtp-refused-mail-keeps-pipelined-commands-intact": Nginx122Difference(
+        "fixed",
+        "To log a refused MAIL, nginx turns every CR/LF in its buffer into `_`, so the pipelined `NOOP` "
+        "merges with the next one into `NOOP_NOOP` (500); mailgate answers both NOOPs (docs/quirks.md #15).",
+        {4: b"500 5.5.1 Invalid command\r\n"},
     ),
 }

@@ -609,6 +609,35 @@ TLS_RECORDS = [
     ),
 ]
 
+# nginx quirks mailgate does not copy (docs/quirks.md): the spec's or the sane bytes are expected.
+QUIRKS = [
+    imap(
+        "zero-length-literal-is-empty",
+        "imap_plain",
+        say(b"a LOGIN {0}\r\n", b"+ OK\r\n"),
+        say(b"X secret\r\n", bad(b"a")),
+    ),
+    imap("literal-without-digits", "imap_plain", say(b"a LOGIN {}\r\n", bad(b"a"))),
+    imap(
+        "unterminated-quote-does-not-leak-into-next-command",
+        "imap_plain",
+        say(b'a LOGIN "ok\r\n', bad(b"a")),
+        say(b"b LOGIN ok secret\r\n", logged_in(b"b")),
+    ),
+    imap(
+        "invalid-tag-after-rejection-gets-untagged-bad",
+        "imap_plain",
+        say(b"a LOGIN retry secret\r\n", no(b"a")),
+        say(b"!x NOOP\r\n", bad()),
+    ),
+    imap(
+        "authenticate-login-bad-base64-username-is-tagged",
+        "imap_off",
+        say(b"a AUTHENTICATE LOGIN\r\n", USERNAME),
+        say(b"!!!!\r\n", bad(b"a")),
+    ),
+]
+
 SESSIONS: list[Session] = [
     *BASICS,
     *COMMAND_SYNTAX,
@@ -622,4 +651,5 @@ SESSIONS: list[Session] = [
     *IMPLICIT_TLS,
     *SMALL_SERVER,
     *TLS_RECORDS,
+    *QUIRKS,
 ]

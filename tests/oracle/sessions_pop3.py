@@ -436,6 +436,16 @@ TLS_RECORDS = [
     ),
 ]
 
+# nginx quirks mailgate does not copy (docs/quirks.md): the spec's or the sane bytes are expected.
+QUIRKS = [
+    pop3(
+        "auth-plain-line-break-in-password-refused",
+        "pop3_plain",
+        say(b"AUTH PLAIN " + plain_response(b"ok", b"pw\r\nDELE 1") + b"\r\n", ERR),
+        say(b"NOOP\r\n", OK),
+    ),
+]
+
 SESSIONS: list[Session] = [
     *BASICS,
     *USER_PASS,
@@ -448,4 +458,5 @@ SESSIONS: list[Session] = [
     *STLS_ONLY,
     *IMPLICIT_TLS,
     *TLS_RECORDS,
+    *QUIRKS,
 ]

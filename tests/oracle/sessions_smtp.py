@@ -536,6 +536,16 @@ GREETING_DELAY = [
     ),
 ]
 
+# nginx quirks mailgate does not copy (docs/quirks.md): the spec's or the sane bytes are expected.
+QUIRKS = [
+    smtp(
+        "refused-mail-keeps-pipelined-commands-intact",
+        "smtp_plain",
+        [Send(b"MAIL FROM:<a@example.org>\r\nNOOP\r\n"), Read(Lines(1), AUTH_REQUIRED)],
+        say(b"NOOP\r\n", OK),
+    ),
+]
+
 SESSIONS: list[Session] = [
     *BASICS,
     *COMMANDS,
@@ -545,5 +555,6 @@ SESSIONS: list[Session] = [
     *STARTTLS_ONLY,
     *IMPLICIT_TLS,
     *TLS_RECORDS,
+    *QUIRKS,
     *GREETING_DELAY,
 ]

@@ -68,7 +68,7 @@ def as_nginx_1_22(run: SessionRun, substitutions: tuple[tuple[bytes, bytes], ...
 def test_every_recorded_difference_names_a_session_and_a_difference() -> None:
     for session_id, difference in NGINX_1_22_DIFFERENCES.items():
         assert session_id in BY_ID, session_id
-        assert difference.kind in ("newer", "unexplained")
+        assert difference.kind in ("newer", "fixed")
         assert bool(difference.nginx_1_22) != bool(difference.beyond_client), session_id
         expected = expected_transcript(BY_ID[session_id].script)
         for index, data in difference.nginx_1_22.items():
