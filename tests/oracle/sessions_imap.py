@@ -568,6 +568,34 @@ SMALL_SERVER = [
     ),
 ]
 
+# Failures inside the proxy: the auth server or the backend cannot be reached, Auth-Wait: 0.
+FAILURES = [
+    imap(
+        "auth-server-unreachable", "imap_deadauth", say(b"a LOGIN ok secret\r\n", INTERNAL_ERROR, closes=True)
+    ),
+    imap(
+        "auth-server-unreachable-after-authenticate",
+        "imap_deadauth",
+        say(b"a AUTHENTICATE PLAIN\r\n", b"+ \r\n"),
+        say(plain_response(b"ok", b"pw") + b"\r\n", INTERNAL_ERROR, closes=True),
+    ),
+    imap(
+        "capability-with-auth-server-unreachable",
+        "imap_deadauth",
+        say(b"a CAPABILITY\r\n", CAPABILITY["imap_plain"] + ok(b"a")),
+    ),
+    imap(
+        "backend-unreachable",
+        "imap_plain",
+        say(b"a LOGIN deadbackend secret\r\n", INTERNAL_ERROR, closes=True),
+    ),
+    imap(
+        "rejected-with-zero-wait-closes",
+        "imap_plain",
+        say(b"a LOGIN waitzero secret\r\n", no(b"a"), closes=True),
+    ),
+]
+
 # Several TLS records in one segment, and a first command riding with the client's last handshake flight.
 TLS_RECORDS = [
     imap(
@@ -644,6 +672,7 @@ SESSIONS: list[Session] = [
     *LOGIN,
     *AUTHENTICATE,
     *AUTH_RESULTS,
+    *FAILURES,
     *PIPELINING,
     *MAX_ERRORS,
     *STARTTLS_ON,

@@ -28,6 +28,7 @@ GREETINGS = {
     "pop3_only": SALTED_GREETING,
     "pop3_ssl": SALTED_GREETING,
     "pop3_custom": SALTED_GREETING,
+    "pop3_deadauth": GREETING,
 }
 CAPA_HEAD = b"+OK Capability list follows"
 CAPA_ALL = crlf(CAPA_HEAD, b"TOP", b"USER", b"UIDL", b"SASL PLAIN LOGIN CRAM-MD5 EXTERNAL", b".")
@@ -410,6 +411,26 @@ IMPLICIT_TLS = [
     pop3("implicit-tls-apop-not-enabled", "pop3_ssl", say(b"APOP ok " + DIGEST + b"\r\n", ERR)),
 ]
 
+# Failures inside the proxy: the auth server or the backend cannot be reached, Auth-Wait: 0.
+FAILURES = [
+    pop3(
+        "auth-server-unreachable",
+        "pop3_deadauth",
+        say(b"USER ok\r\nPASS pw\r\n", OK + INTERNAL_ERROR, closes=True),
+    ),
+    pop3("capa-with-auth-server-unreachable", "pop3_deadauth", say(b"CAPA\r\n", CAPA["pop3_plain"])),
+    pop3(
+        "backend-unreachable",
+        "pop3_plain",
+        say(b"USER deadbackend\r\nPASS pw\r\n", OK + INTERNAL_ERROR, closes=True),
+    ),
+    pop3(
+        "rejected-with-zero-wait-closes",
+        "pop3_plain",
+        say(b"USER waitzero\r\nPASS pw\r\n", OK + err(), closes=True),
+    ),
+]
+
 # Several TLS records in one segment, and a first command riding with the client's last handshake flight.
 TLS_RECORDS = [
     pop3(
@@ -453,6 +474,7 @@ SESSIONS: list[Session] = [
     *AUTH,
     *SYNTAX,
     *AUTH_RESULTS,
+    *FAILURES,
     *PIPELINING,
     *STLS_ON,
     *STLS_ONLY,

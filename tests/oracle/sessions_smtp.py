@@ -491,6 +491,32 @@ IMPLICIT_TLS = [
     ),
 ]
 
+# Failures inside the proxy: the auth server or the backend cannot be reached, Auth-Wait: 0.
+FAILURES = [
+    smtp("auth-server-unreachable", "smtp_deadauth", say(AUTH_PLAIN_OK, INTERNAL_ERROR, closes=True)),
+    smtp("ehlo-with-auth-server-unreachable", "smtp_deadauth", say(b"EHLO client\r\n", EHLO["smtp_plain"])),
+    smtp(
+        "backend-unreachable",
+        "smtp_plain",
+        say(b"AUTH PLAIN " + plain_response(b"deadbackend", b"pw") + b"\r\n", INTERNAL_ERROR, closes=True),
+    ),
+    smtp(
+        "rejected-with-zero-wait-closes",
+        "smtp_plain",
+        say(b"AUTH PLAIN " + plain_response(b"waitzero", b"pw") + b"\r\n", REJECTED, closes=True),
+    ),
+    smtp(
+        "none-rejected-with-error-code",
+        "smtp_none",
+        say(b"MAIL FROM:<tempfail@example.org>\r\nRCPT TO:<b@x>\r\n", OK + TEMPORARY, closes=True),
+    ),
+    smtp(
+        "none-backend-unreachable",
+        "smtp_none",
+        say(b"MAIL FROM:<deadbackend@example.org>\r\nRCPT TO:<b@x>\r\n", OK + INTERNAL_ERROR, closes=True),
+    ),
+]
+
 # Several TLS records in one segment, and a first command riding with the client's last handshake flight.
 TLS_RECORDS = [
     smtp(
@@ -551,6 +577,7 @@ SESSIONS: list[Session] = [
     *COMMANDS,
     *AUTH,
     *MAIL_RCPT_NONE,
+    *FAILURES,
     *STARTTLS_ON,
     *STARTTLS_ONLY,
     *IMPLICIT_TLS,

@@ -30,6 +30,7 @@ CONF_DIRECTORY = Path(__file__).with_name("conf")
 SERVER_NAME = "mail.example.com"
 PROTOCOLS = ("imap", "pop3", "smtp")
 BACKEND_PASSWORD = "backend-secret"
+DEAD_PORT = 1  # nothing listens on 127.0.0.1:1 (the configurations' dead auth_http uses it too)
 # Auth-Status texts the auth server uses; sessions expect them in the client's error line.
 INVALID_LOGIN = "Invalid login or password"
 TEMPORARY_FAILURE = "Temporary server problem, try again later"
@@ -39,9 +40,10 @@ _PORT = re.compile(r"\$([a-z0-9]+_[a-z0-9_]+)")
 def decide(request: AuthRequest, backends: dict[str, int]) -> AuthReply:
     """The reply a session asks for through the login it sends (or, for `smtp_auth none`, its MAIL FROM).
 
-    ``reject``: error, close. ``retry``: error with ``Auth-Wait: 1``. ``tempfail``: error with
-    ``Auth-Error-Code: 451 4.3.0``. ``broken``: a malformed reply (internal server error). ``nopass``: OK
-    without ``Auth-Pass``. Anything else: OK to this target's backend for the protocol, with
+    ``reject``: error, close. ``retry``: error with ``Auth-Wait: 1``. ``waitzero``: error with
+    ``Auth-Wait: 0``. ``tempfail``: error with ``Auth-Error-Code: 451 4.3.0``. ``broken``: a malformed reply
+    (internal server error). ``deadbackend``: OK to a port nothing listens on. ``nopass``: OK without
+    ``Auth-Pass``. Anything else: OK to this target's backend for the protocol, with
     ``Auth-Pass`` for the methods whose password nginx cannot pass on (apop, cram-md5, external).
     """
     words = f"{request.header('Auth-User')} {request.header('Auth-SMTP-From')}"
@@ -51,8 +53,12 @@ def decide(request: AuthRequest, backends: dict[str, int]) -> AuthReply:
         return AuthReply.error(INVALID_LOGIN, wait=1)
     if "tempfail" in words:
         return AuthReply.error(TEMPORARY_FAILURE, error_code="451 4.3.0")
+    if "waitzero" in words:
+        return AuthReply.error(INVALID_LOGIN, wait=0)
     if "broken" in words:
         return AuthReply.garbage()
+    if "deadbackend" in words:
+        return AuthReply.ok(IPV4_LOOPBACK, DEAD_PORT)
     protocol = request.header("Auth-Protocol") or ""
     needs_password = request.header("Auth-Method") in ("apop", "cram-md5", "external")
     password = BACKEND_PASSWORD if needs_password and "nopass" not in words else None
