@@ -250,12 +250,26 @@ class Conversation:
 
 @dataclass(frozen=True)
 class SClientRun:
+    """What `openssl s_client` printed: `stdout` (with `-brief`, only what the server sent) and `stderr`."""
+
     returncode: int
-    output: str
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def lines(self) -> list[str]:
+        """stdout's lines: with `-brief`, the server's protocol lines after the handshake."""
+        return self.stdout.splitlines()
 
     @property
     def handshake_done(self) -> bool:
-        return bool(re.search(r"Cipher is (?!\(NONE\))", self.output))
+        return "CONNECTION ESTABLISHED" in self.stderr or bool(
+            re.search(r"Cipher is (?!\(NONE\))", self.output)
+        )
 
     @property
     def reused(self) -> bool:
@@ -263,13 +277,13 @@ class SClientRun:
 
     @property
     def protocol(self) -> str | None:
-        match = re.search(r"^\s*Protocol\s*: (\S+)", self.output, re.MULTILINE)
-        return match.group(1) if match else None
+        match = re.search(r"^\s*Protocol\s*: (\S+)|^Protocol version: (\S+)", self.output, re.MULTILINE)
+        return (match.group(1) or match.group(2)) if match else None
 
     @property
     def cipher(self) -> str | None:
-        match = re.search(r"Cipher is (\S+)", self.output)
-        return match.group(1) if match else None
+        match = re.search(r"Cipher is (\S+)|^Ciphersuite: (\S+)", self.output, re.MULTILINE)
+        return (match.group(1) or match.group(2)) if match else None
 
     def has_line(self, line: str) -> bool:
         return line in self.output.splitlines()
@@ -284,4 +298,8 @@ def s_client(port: int, *arguments: str | Path, typed: bytes = b"", timeout: flo
     command = ["openssl", "s_client", "-connect", f"{IPV4_LOOPBACK}:{port}", "-ign_eof", "-crlf"]
     command += [str(argument) for argument in arguments]
     result = subprocess.run(command, input=typed, capture_output=True, timeout=timeout, check=False)
-    return SClientRun(result.returncode, (result.stdout + result.stderr).decode("utf-8", "replace"))
+    return SClientRun(
+        result.returncode,
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+    )
