@@ -213,7 +213,10 @@ class LineClient:
         self.sock.sendall(data)
 
     def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:  # closed with unread input: a reset, for the client also an end
+            return False
         self.buffer += chunk
         return bool(chunk)
 
