@@ -29,8 +29,8 @@ REPO = BENCH.parent
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs for development (1 s, 1 round)")
-    parser.add_argument("--rounds", type=int, default=2, help="A B rounds per scenario (default 2)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per run (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="A B rounds per scenario (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per run (default 3)")
     parser.add_argument("--max-sessions", type=int, default=200_000, help="session bound per run")
     parser.add_argument("--fetch-mib", type=int, default=64, help="bulk FETCH size in MiB (default 64)")
     parser.add_argument("--bulk-sessions", type=int, default=3, help="FETCHes per bulk run (default 3)")
@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile-scenarios",
         nargs="*",
-        default=["imaps-c16-delayed", "resume-1.3-ticket-quick", "bulk-default"],
+        default=["imaps-c16-delayed", "resume-1.2-cache-quick", "resume-1.3-ticket-quick", "bulk-default"],
         help="scenario keys to profile mailgate under",
     )
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and its chart")
@@ -191,7 +191,8 @@ def main(argv: list[str]) -> int:
         for name, b in bases.items():
             prefix = workdir / name
             prefix.mkdir(exist_ok=True)
-            (prefix / "error.log").unlink(missing_ok=True)  # its size after the run is reported
+            for log in ("error.log", "stderr.log"):
+                (prefix / log).unlink(missing_ok=True)  # their sizes after the run are reported
             conf = prefix / f"{name}.conf"
             conf.write_text(mail_config(b, ports, workdir / "certs"))
             argv_ = server_argv(name, binaries[name], prefix, conf)

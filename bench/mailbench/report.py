@@ -27,6 +27,7 @@ class Side:
     p50_ms: float
     p99_ms: float
     cpu_per_op_ms: float
+    system_per_op_ms: float  # the kernel's part of cpu_per_op_ms
     memory_kib: float
     sessions: int
     errors: int
@@ -43,6 +44,7 @@ class Side:
             p50_ms=statistics.median(m.p50_ms for m in runs),
             p99_ms=statistics.median(m.p99_ms for m in runs),
             cpu_per_op_ms=1000.0 * server_cpu / sessions if sessions else 0.0,
+            system_per_op_ms=1000.0 * sum(m.server_system for m in runs) / sessions if sessions else 0.0,
             memory_kib=statistics.median(m.memory_kib for m in runs),
             sessions=sessions,
             errors=sum(m.errors for m in runs),
@@ -141,6 +143,7 @@ HEADER = (
     "p99 ms n / m",
     "p50 ratio",
     "CPU ms/op n / m",
+    "of which kernel n / m",
     "CPU ratio",
     "notes",
 )
@@ -163,6 +166,7 @@ def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
                 f"{n.p99_ms:.2f} / {m.p99_ms:.2f}" if latency else "",
                 _f(row.p50_ratio) if latency else "",
                 f"{n.cpu_per_op_ms:.3f} / {m.cpu_per_op_ms:.3f}" if row.scenario.kind != "idle" else "",
+                f"{n.system_per_op_ms:.3f} / {m.system_per_op_ms:.3f}" if row.scenario.kind != "idle" else "",
                 _f(row.cpu_ratio) if row.scenario.kind != "idle" else "",
                 _notes(row),
             )

@@ -45,16 +45,17 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of the processes (their own time: workers are counted while they live)."""
-    ticks = 0
+def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """(utime, stime) of the processes, in seconds (their own time: workers are counted while they live)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = _stat_fields(pid)
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
-    return ticks / CLOCK_TICKS
+        user += int(fields[11])  # utime and stime are stat fields 14 and 15
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def pss_kib(pids: Sequence[int]) -> int:
@@ -110,6 +111,28 @@ class Server:
     process: subprocess.Popen[bytes]
     base_port: int
     prefix: Path
+    argv: list[str]
+    ports: Sequence[int]
+
+    @staticmethod
+    def start(name: str, argv: list[str], prefix: Path, base_port: int, ports: Sequence[int]) -> Server:
+        """Start `argv` (a foreground master) and wait until every port listens."""
+        log = prefix / "stderr.log"
+        with log.open("ab") as stderr:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        try:
+            wait_listening(ports, process, name, log)
+        except BenchError:
+            stop(process)
+            raise
+        return Server(name, process, base_port, prefix, argv, ports)
+
+    def restart(self) -> None:
+        """A fresh server: memory measurements start from a process that never held the connections."""
+        stop(self.process)
+        self.process = Server.start(self.name, self.argv, self.prefix, self.base_port, self.ports).process
 
     @property
     def pids(self) -> list[int]:
@@ -121,7 +144,7 @@ class Server:
         pids = self.pids
         return pids[1:] or pids
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
         return cpu_seconds(self.pids)
 
     def pss_kib(self) -> int:
@@ -135,15 +158,12 @@ class Server:
 def run_server(
     name: str, argv: list[str], prefix: Path, base_port: int, ports: Sequence[int]
 ) -> Iterator[Server]:
-    """Start `argv` (a foreground master), wait until every port listens, stop it at the end of the block."""
-    log = prefix / "stderr.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    """A started server (see `Server.start`), stopped at the end of the block."""
+    server = Server.start(name, argv, prefix, base_port, ports)
     try:
-        wait_listening(ports, process, name, log)
-        yield Server(name, process, base_port, prefix)
+        yield server
     finally:
-        stop(process)
+        stop(server.process)
 
 
 def server_argv(name: str, binary: str, prefix: Path, conf: Path) -> list[str]:
