@@ -81,10 +81,6 @@ def port_names(template: str) -> list[str]:
     return list(dict.fromkeys(_PORT_PLACEHOLDER.findall(template)))
 
 
-def render(template: str, ports: dict[str, int], auth: AuthServer, pki: Path, directory: Path) -> str:
-    return Template(template).substitute(ports, auth=auth.url("/auth"), pki=pki, dir=directory)
-
-
 @contextlib.contextmanager
 def running(
     kind: str,
@@ -94,15 +90,21 @@ def running(
     *,
     log_level: str = "info",
     reply: AuthReply | Responder | None = None,
+    values: dict[str, object] | None = None,
 ) -> Iterator[Proxy]:
-    """Run `kind` on the rendered `template` until the block ends; its auth server answers `reply`."""
+    """Run `kind` on the rendered `template` until the block ends; its auth server answers `reply`.
+
+    `values` fills the template's other placeholders.
+    """
     if kind == "nginx":
         require_nginx()
     directory.mkdir(parents=True, exist_ok=True)
     with AuthServer() as auth:
         auth.set_default(reply or AuthReply.error(REFUSAL))
         ports = {name: free_port() for name in port_names(template)}
-        text = render(template, ports, auth, pki, directory)
+        text = Template(template).substitute(
+            ports, auth=auth.url("/auth"), pki=pki, dir=directory, **(values or {})
+        )
         if kind == "mailgate":
             with mailgate_server(text, directory, log_level=log_level) as mailgate:
                 yield Proxy(kind, ports, auth, directory, mailgate.error_log)
@@ -116,13 +118,20 @@ def running(
 
 @contextlib.contextmanager
 def running_both(
-    template: str, pki: Path, directory: Path, *, reply: AuthReply | Responder | None = None
+    template: str,
+    pki: Path,
+    directory: Path,
+    *,
+    reply: AuthReply | Responder | None = None,
+    values: dict[str, object] | None = None,
 ) -> Iterator[dict[str, Proxy]]:
     """nginx and mailgate on the same template, by kind (skips when nginx is not installed)."""
     require_nginx()
     with contextlib.ExitStack() as stack:
         yield {
-            kind: stack.enter_context(running(kind, template, pki, directory / kind, reply=reply))
+            kind: stack.enter_context(
+                running(kind, template, pki, directory / kind, reply=reply, values=values)
+            )
             for kind in KINDS
         }
 
