@@ -381,6 +381,18 @@ PIPELINING = [
 ]
 
 MAX_ERRORS = [
+    # The buffer is rewound only once everything in it is consumed (spec §2.1.1, §10.6).
+    imap(
+        "partial-command-behind-pipelined-ones-hits-buffer-end",
+        "imap_small",
+        say((b"a NOOP\r\n" * 15 + b"b NOOP", b" xxxxxx\r\n"), ok(b"a") * 15 + bad(b"b"), closes=True),
+    ),
+    imap(
+        "buffer-rewound-once-everything-is-consumed",
+        "imap_small",
+        say(b"a NOOP\r\n" * 15, ok(b"a") * 15),
+        say(b"b NOOP xxxxxx\r\n", ok(b"b")),
+    ),
     imap(
         "fifth-syntax-error-closes",
         "imap_plain",

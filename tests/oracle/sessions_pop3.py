@@ -250,6 +250,18 @@ SYNTAX = [
     pop3("too-long-user-closes", "pop3_plain", say(b"USER " + b"u" * 130 + b"\r\n", ERR, closes=True)),
     pop3("too-long-partial-line-closes", "pop3_plain", say(b"NOOP " + b"x" * 130, ERR, closes=True)),
     pop3("line-fits-128-bytes", "pop3_plain", say(b"USER " + b"u" * 120 + b"\r\n", OK)),
+    # The buffer is rewound only once everything in it is consumed (spec §2.1.1, §10.6).
+    pop3(
+        "partial-command-behind-pipelined-ones-hits-buffer-end",
+        "pop3_plain",
+        say((b"NOOP\r\n" * 20 + b"NOOP", b" xxxxxx\r\n"), OK * 20 + ERR, closes=True),
+    ),
+    pop3(
+        "buffer-rewound-once-everything-is-consumed",
+        "pop3_plain",
+        say(b"NOOP\r\n" * 20, OK * 20),
+        say(b"NOOP xxxxxx\r\n", OK),
+    ),
 ]
 
 AUTH_RESULTS = [
