@@ -29,7 +29,7 @@ BY_ID = {session.id: session for session in SESSIONS}
 def nginx_1_22_transcript(session: Session) -> Transcript:
     """The spec's transcript with the steps nginx 1.22 answers differently replaced by what it sends."""
     transcript = expected_transcript(session.script)
-    for index, data in NGINX_1_22_DIFFERENCES[session.id].nginx_1_22.items():
+    for index, (_, data) in NGINX_1_22_DIFFERENCES[session.id].reads.items():
         step = transcript.steps[index]
         assert isinstance(step, ReadResult), f"{session.id}: step {index} is not a Read"
         transcript.steps[index] = ReadResult(data, step.ended)
@@ -69,12 +69,13 @@ def test_every_recorded_difference_names_a_session_and_a_difference() -> None:
     for session_id, difference in NGINX_1_22_DIFFERENCES.items():
         assert session_id in BY_ID, session_id
         assert difference.kind in ("newer", "fixed")
-        assert bool(difference.nginx_1_22) != bool(difference.beyond_client), session_id
+        assert bool(difference.reads) != bool(difference.beyond_client), session_id
         expected = expected_transcript(BY_ID[session_id].script)
-        for index, data in difference.nginx_1_22.items():
+        for index, (spec, old) in difference.reads.items():
             step = expected.steps[index]
             assert isinstance(step, ReadResult), (session_id, index)
-            assert data != step.data, f"{session_id}: the recorded nginx 1.22 bytes equal the spec's"
+            assert spec == step.data, f"{session_id}: step {index}'s spec bytes are not the session's expect"
+            assert old != spec, f"{session_id}: the recorded nginx 1.22 bytes equal the spec's"
         for spec, old in difference.beyond_client:
             assert spec != old, session_id
 
@@ -84,7 +85,7 @@ def test_nginx_sends_what_the_spec_says(session: Session, servers: Servers) -> N
     require_nginx()
     run = servers.run("nginx", session)
     difference = NGINX_1_22_DIFFERENCES.get(session.id)
-    if difference is not None and difference.nginx_1_22:
+    if difference is not None and difference.reads:
         expected = nginx_1_22_transcript(session)
     else:
         expected = expected_transcript(session.script)
@@ -102,7 +103,7 @@ def test_mailgate_sends_what_nginx_sends(session: Session, servers: Servers) -> 
     nginx = servers.run("nginx", session)
     mailgate = servers.run("mailgate", session)
     difference = NGINX_1_22_DIFFERENCES.get(session.id)
-    if difference is not None and difference.nginx_1_22:
+    if difference is not None and difference.reads:
         spec = expected_transcript(session.script)
         assert mailgate.transcript.steps == spec.steps and not mailgate.transcript.error, (
             f"{session.id}: nginx 1.22 differs here ({difference.reason}); mailgate must follow the spec\n"
