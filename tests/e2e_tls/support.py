@@ -12,17 +12,20 @@ to (implicit or after STARTTLS); `s_client` runs `openssl s_client` to completio
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import IO
 
 from tests.support.authserver import AuthReply, AuthRequest, AuthServer, Responder
-from tests.support.loopback import IPV4_LOOPBACK, free_port
+from tests.support.loopback import IPV4_LOOPBACK, free_port, wait_until
 from tests.support.mailgate import mailgate_server
 from tests.support.nginx import nginx_server, require_nginx
 
@@ -298,17 +301,50 @@ class SClientRun:
         return line in self.output.splitlines()
 
 
-def s_client(port: int, *arguments: str | Path, typed: bytes = b"", timeout: float = 30.0) -> SClientRun:
+def s_client(
+    port: int, *arguments: str | Path, typed: bytes = b"", after: str | None = None, timeout: float = 30.0
+) -> SClientRun:
     """`openssl s_client -connect ... ARGUMENTS` fed `typed` (LF becomes CRLF), read until the server closes.
 
     s_client reads what is typed only after its handshake (and its STARTTLS dialogue), then sends it at once;
-    `typed` should end with something that makes the server close (LOGOUT, QUIT, or a refused login).
+    `typed` should end with something that makes the server close (LOGOUT, QUIT, or a refused login). With
+    `after`, nothing is typed until stdout shows that text (with `-brief`, "\n" is the server's first line):
+    Debian's nginx 1.22 may leave a command unanswered that arrives together with the TLS 1.3 Finished of an
+    implicit-TLS handshake.
     """
     command = ["openssl", "s_client", "-connect", f"{IPV4_LOOPBACK}:{port}", "-ign_eof", "-crlf"]
     command += [str(argument) for argument in arguments]
-    result = subprocess.run(command, input=typed, capture_output=True, timeout=timeout, check=False)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    outputs: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    pumps = [
+        threading.Thread(target=_pump, args=(stream, outputs[name]), daemon=True)
+        for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
+    ]
+    for pump in pumps:
+        pump.start()
+    try:
+        if after is not None:
+            wait_until(
+                lambda: after.encode() in b"".join(outputs["stdout"]) or process.poll() is not None, timeout
+            )
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(typed)
+            process.stdin.close()
+        process.wait(timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pump in pumps:
+            pump.join(timeout)
     return SClientRun(
-        result.returncode,
-        result.stdout.decode("utf-8", "replace"),
-        result.stderr.decode("utf-8", "replace"),
+        process.returncode,
+        b"".join(outputs["stdout"]).decode("utf-8", "replace"),
+        b"".join(outputs["stderr"]).decode("utf-8", "replace"),
     )
+
+
+def _pump(stream: IO[bytes], chunks: list[bytes]) -> None:
+    while chunk := os.read(stream.fileno(), 65536):
+        chunks.append(chunk)

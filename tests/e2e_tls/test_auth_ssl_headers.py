@@ -128,8 +128,10 @@ def auth_request(proxy: Proxy, server: str, *arguments: str | Path) -> AuthReque
     """The auth request of one s_client session that logs in on `server`."""
     protocol = server.partition("_")[0]
     before = len(proxy.auth.requests)
-    starttls = ["-starttls", protocol] if not server.startswith("imap") else []
-    run = s_client(proxy.port(server), "-brief", *starttls, *arguments, typed=TYPED[protocol])
+    implicit = protocol == "imap"
+    starttls = [] if implicit else ["-starttls", protocol]
+    after = "\n" if implicit else None
+    run = s_client(proxy.port(server), "-brief", *starttls, *arguments, typed=TYPED[protocol], after=after)
     assert run.handshake_done, run.output
     requests = proxy.new_requests(before)
     assert len(requests) == 1, run.output

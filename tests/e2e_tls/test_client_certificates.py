@@ -195,7 +195,8 @@ def s_client_lines(proxy: Proxy, protocol: str, mode: str, client: tuple[Path, P
         arguments += ["-cert", client[0], "-key", client[1]]
     if mode == "starttls":
         arguments += ["-starttls", protocol]
-    run = s_client(proxy.port(f"{protocol}_{mode}"), *arguments, typed=TYPED[protocol])
+    after = "\n" if mode == "ssl" else None
+    run = s_client(proxy.port(f"{protocol}_{mode}"), *arguments, typed=TYPED[protocol], after=after)
     assert run.handshake_done, run.output
     return run.lines
 
