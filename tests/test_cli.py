@@ -406,7 +406,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """The configurations main() hands to the server, which is replaced by a recorder."""
     configurations: list[Config] = []
 
-    def run(config: Config, log: Callable[[LogLevel, str], None]) -> int:
+    def run(config: Config, log: Callable[[LogLevel, str], None], reload_config: object = None) -> int:
         configurations.append(config)
         return 0
 
@@ -470,7 +470,7 @@ def test_without_t_or_s_a_bad_configuration_is_not_served(
     conf_file: Path, prefix: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf_file.write_text("events {}\nbogus on;\n")
-    monkeypatch.setattr("mailgate.server.run.run", lambda config, log: pytest.fail("served"))
+    monkeypatch.setattr("mailgate.server.run.run", lambda *arguments: pytest.fail("served"))
     code, lines, _ = run_main(["-p", str(prefix), "-c", str(conf_file)], capsys)
     assert (code, lines) == (1, [f'mailgate: [emerg] unknown directive "bogus" in {conf_file}:2'])
 

@@ -266,7 +266,7 @@ def resolve_paths(options: Options) -> Invocation:
     return Invocation(prefix, conf_name, conf_file, embedded, error_log)
 
 
-def _load(invocation: Invocation, options: Options, log: StartupLog) -> LoadedConfig:
+def _load(invocation: Invocation, options: Options, log: StartupLog | ErrorLog) -> LoadedConfig:
     """Read, merge and check the configuration, logging its warnings. Raises ConfigError."""
     if invocation.embedded:
         for notice in prepare_embedded_prefix(invocation.prefix):
@@ -289,7 +289,7 @@ def _with_default_error_log(config: Config, error_log: ErrorLogTarget) -> Config
     return replace(config, main=replace(config.main, error_logs=(error_log,)))
 
 
-def _log_warnings(log: StartupLog, warnings: Iterable[ConfigWarning]) -> None:
+def _log_warnings(log: StartupLog | ErrorLog, warnings: Iterable[ConfigWarning]) -> None:
     for warning in warnings:
         log.log(LogLevel(warning.level), str(warning))
 
@@ -417,12 +417,16 @@ def _signal_process(config: Config, name: str, log: StartupLog) -> int:
     return 0
 
 
-def _run_server(loaded: LoadedConfig, log: StartupLog) -> int:
+def _run_server(loaded: LoadedConfig, invocation: Invocation, options: Options, log: StartupLog) -> int:
     """Start serving the configuration (in the foreground with `daemon off`)."""
     # Imported here: -t, -s, -v and -h start faster without the server and its event loop.
     from mailgate.server.run import run
 
-    return run(loaded.config, log.log)
+    def reload_config(error_log: ErrorLog) -> Config:
+        """`HUP`: the configuration read as at startup (`-c`, `-p`, `-g`, `-e`), warnings to the error log."""
+        return _load(invocation, options, error_log).config
+
+    return run(loaded.config, log.log, reload_config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if options.signal is not None:
             return _signal_process(loaded.config, options.signal, log)
-        return _run_server(loaded, log)
+        return _run_server(loaded, invocation, options, log)
     finally:
         log.close()
 

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mailgate.config.model import Listen, ServerConfig
@@ -153,14 +153,59 @@ def _remove_stale_unix_socket(path: str) -> None:
         pass
 
 
-def open_listeners(plans: Iterable[ListenerPlan]) -> list[tuple[ListenerPlan, socket.socket]]:
-    """Open every planned socket, or none: on the first failure the ones already open are closed."""
-    opened: list[tuple[ListenerPlan, socket.socket]] = []
+ListenerKey = tuple[int, str, int]
+
+
+def listener_key(listen: Listen) -> ListenerKey:
+    """What identifies a listening socket across reloads: its family and address."""
+    return (int(listen.family), listen.host, listen.port)
+
+
+def open_listeners(
+    plans: Iterable[ListenerPlan], inherited: Mapping[ListenerKey, socket.socket] | None = None
+) -> list[tuple[ListenerPlan, socket.socket]]:
+    """Open every planned socket, or none: on the first failure the ones opened here are closed.
+
+    A socket in `inherited` with the same address is used again (a reload), so the port never stops
+    accepting; its backlog and buffer options are set anew, which is what can change on a bound socket.
+    """
+    inherited = inherited or {}
+    result: list[tuple[ListenerPlan, socket.socket]] = []
+    opened: list[socket.socket] = []
     try:
         for plan in plans:
-            opened.append((plan, open_listener(plan.listen)))
+            reused = inherited.get(listener_key(plan.listen))
+            if reused is not None:
+                _reconfigure(reused, plan.listen)
+                result.append((plan, reused))
+            else:
+                sock = open_listener(plan.listen)
+                opened.append(sock)
+                result.append((plan, sock))
     except ListenError:
-        for _, sock in opened:
+        for sock in opened:
             sock.close()
         raise
-    return opened
+    return result
+
+
+def _reconfigure(sock: socket.socket, listen: Listen) -> None:
+    # Best effort, as nginx on reload: a refused option leaves the socket serving with the old value.
+    try:
+        if listen.family != socket.AF_UNIX:
+            for level, option, value in (
+                (socket.SOL_SOCKET, socket.SO_RCVBUF, listen.rcvbuf),
+                (socket.SOL_SOCKET, socket.SO_SNDBUF, listen.sndbuf),
+            ):
+                if value is not None:
+                    sock.setsockopt(level, option, value)
+        sock.listen(listen.backlog)
+    except OSError:
+        pass
+
+
+def close_listener(sock: socket.socket, listen: Listen) -> None:
+    """Close a listening socket for good; a UNIX socket's file goes too, as nginx removes it."""
+    sock.close()
+    if listen.family == socket.AF_UNIX:
+        _remove_stale_unix_socket(listen.host)

@@ -240,6 +240,9 @@ class Session:
         self.record.client_to_backend = outcome.client_to_backend
         self.record.backend_to_client = outcome.backend_to_client
         self.record.close_reason = outcome.reason
+        if outcome.reason == "backend closed" and self.client is not None and self.client.at_eof:
+            # The client's close was passed on to the backend, which then closed: the client ended it.
+            self.record.close_reason = "client closed"
         if outcome.reason == "timed out":
             self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
         elif outcome.reason == "shutdown timeout":

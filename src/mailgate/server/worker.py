@@ -1,27 +1,89 @@
-"""One worker: accepts on the inherited listening sockets and runs a session per connection on uvloop."""
+"""Workers: accept on the inherited listening sockets and run a session per connection on uvloop.
+
+`Worker` is what one worker runs (also in-process with `master_process off`); `run_worker_process` is the
+body of a forked worker process: it drops privileges, makes its own event loop and serves until the master
+tells it to stop by signal, as nginx's workers do (`QUIT` graceful, `TERM`/`INT` now, `USR1` reopen logs).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import resource
+import signal
 import socket
+import sys
+import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
+import setproctitle
+import uvloop
+
+from mailgate import tls as mailgate_tls
 from mailgate.auth.client_host import ClientHostResolver
-from mailgate.config.model import Config, ErrorLogTarget, LogLevel
-from mailgate.log import ErrorLog
+from mailgate.config.model import LogLevel
+from mailgate.log import ErrorLog, route_python_logger
+from mailgate.server.generation import Generation, servers_of
 from mailgate.server.listeners import Endpoint, ListenerPlan
 from mailgate.server.session import ServerRuntime, Session
-from mailgate.tls import ServerTls
 
 SessionRunner = Callable[[Endpoint, socket.socket, Any, int], Coroutine[Any, Any, None]]
+
+# Signals the master handles itself; blocked in the master, and in a new worker until its handlers are set.
+PROCESS_SIGNALS = frozenset(
+    {
+        signal.SIGCHLD,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGALRM,
+    }
+)
+
+# Worker exit code that tells the master not to start the worker again (nginx's "fatal code 2").
+FATAL_EXIT = 2
+# How long accepting pauses when the process has no descriptor left (nginx: 500 ms).
+_ACCEPT_PAUSE_ON_EMFILE = 0.5
+# After sessions were told to stop, how long they have to close before their tasks are cancelled.
+_STOP_GRACE = 5.0
+
+
+class ConnectionNumbers:
+    """nginx's connection counter: one sequence for every worker and every reload, so that `*N` names one
+    connection in the whole error log. A shared page guarded by a POSIX record lock, which the kernel
+    releases if a worker dies holding it."""
+
+    def __init__(self) -> None:
+        self._fd = os.memfd_create("mailgate-connections", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, mmap.PAGESIZE)
+        self._page = mmap.mmap(self._fd, 8)  # MAP_SHARED: forked workers see the same counter
+
+    def next(self) -> int:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            number = int.from_bytes(self._page[:8], "little") + 1
+            self._page[:8] = number.to_bytes(8, "little")
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        return number
 
 
 class Acceptor:
     """Accepts connections on listening sockets and starts one session task for each.
 
     With `multi_accept on` every pending connection is accepted at each readiness event, otherwise one, as
-    nginx does. Beyond `worker_connections` active sessions, accepting pauses until a session ends.
+    nginx does. Beyond `worker_connections` active sessions, accepting pauses until a session ends; so it
+    does for half a second when the process runs out of descriptors.
     """
 
     def __init__(
@@ -32,17 +94,19 @@ class Acceptor:
         *,
         worker_connections: int,
         multi_accept: bool,
+        connection_numbers: Callable[[], int],
     ) -> None:
         self._listeners = listeners
         self._run_session = run_session
         self._error_log = error_log
         self._limit = max(1, worker_connections)
         self._multi_accept = multi_accept
+        self._connection_numbers = connection_numbers
         self._loop = asyncio.get_running_loop()
         self._sessions: set[asyncio.Task[None]] = set()
         self._readers_installed = False
         self._stopped = False
-        self._connection_counter = 0
+        self._paused = False
         self._all_done: asyncio.Event = asyncio.Event()
         self._all_done.set()
 
@@ -60,7 +124,7 @@ class Acceptor:
         self._remove_readers()
 
     def _install_readers(self) -> None:
-        if not self._readers_installed:
+        if not self._readers_installed and not self._stopped and not self._paused:
             self._readers_installed = True
             for plan, sock in self._listeners:
                 self._loop.add_reader(sock.fileno(), self._accept, plan, sock)
@@ -85,7 +149,9 @@ class Acceptor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                self._error_log.log(LogLevel.ALERT, f"accept() failed ({error.errno}: {error.strerror})")
+                self._accept_failed(error)
+                if error.errno == errno.ECONNABORTED:
+                    continue
                 return
             self._start_session(plan, conn, address)
             if not self._multi_accept:
@@ -94,14 +160,28 @@ class Acceptor:
             self._error_log.log(LogLevel.ALERT, f"{self._limit} worker_connections are not enough")
             self._remove_readers()  # until a session ends
 
+    def _accept_failed(self, error: OSError) -> None:
+        level = LogLevel.ERROR if error.errno == errno.ECONNABORTED else LogLevel.ALERT
+        self._error_log.log(level, f"accept() failed ({error.errno}: {error.strerror})")
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            # Level-triggered readiness would spin on a socket we cannot accept from; wait for descriptors.
+            self._paused = True
+            self._remove_readers()
+            self._loop.call_later(_ACCEPT_PAUSE_ON_EMFILE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        if len(self._sessions) < self._limit:
+            self._install_readers()
+
     def _start_session(self, plan: ListenerPlan, conn: socket.socket, address: Any) -> None:
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             # nginx's mail module leaves Nagle on, which stalls replies behind delayed ACKs; we never do.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         endpoint = plan.route(conn.getsockname()) if plan.specific else plan.endpoint
-        self._connection_counter += 1
-        task = self._loop.create_task(self._run_session(endpoint, conn, address, self._connection_counter))
+        number = self._connection_numbers()
+        task = self._loop.create_task(self._run_session(endpoint, conn, address, number))
         self._sessions.add(task)
         self._all_done.clear()
         task.add_done_callback(self._session_done)
@@ -113,54 +193,34 @@ class Acceptor:
             self._error_log.log(LogLevel.ALERT, f"session failed unexpectedly: {error!r}")
         if not self._sessions:
             self._all_done.set()
-        if not self._stopped and len(self._sessions) < self._limit:
+        if len(self._sessions) < self._limit:
             self._install_readers()
 
 
 class Worker:
-    """Everything one worker process runs: the servers' runtimes, the acceptor, and the live sessions."""
+    """Everything one worker runs for one generation: the servers' runtimes, the acceptor, the sessions."""
 
-    def __init__(
-        self,
-        config: Config,
-        listeners: list[tuple[ListenerPlan, socket.socket]],
-        tls: dict[int, ServerTls],
-        main_log: ErrorLog,
-    ) -> None:
-        self.config = config
-        self.main_log = main_log
-        self._logs: dict[tuple[ErrorLogTarget, ...], ErrorLog] = {}
+    def __init__(self, generation: Generation, connection_numbers: Callable[[], int]) -> None:
+        self.generation = generation
+        self.config = generation.config
+        self.main_log = generation.main_log
         self.runtimes: dict[int, ServerRuntime] = {}
-        servers = config.mail.servers if config.mail is not None else ()
-        for server in servers:
+        for server in servers_of(self.config):
             self.runtimes[id(server)] = ServerRuntime(
                 server=server,
-                tls=tls.get(id(server)),
-                error_log=self._log_for(server.core.error_logs),
+                tls=generation.tls.get(id(server)),
+                error_log=generation.error_log_for(server),
                 client_host_resolver=ClientHostResolver(server.core),
             )
         self.sessions: set[Session] = set()
         self.acceptor = Acceptor(
-            listeners,
+            generation.listeners,
             self._run_session,
-            main_log,
-            worker_connections=config.main.events.worker_connections,
-            multi_accept=config.main.events.multi_accept,
+            self.main_log,
+            worker_connections=self.config.main.events.worker_connections,
+            multi_accept=self.config.main.events.multi_accept,
+            connection_numbers=connection_numbers,
         )
-
-    def _log_for(self, targets: tuple[ErrorLogTarget, ...]) -> ErrorLog:
-        if not targets:
-            return self.main_log
-        log = self._logs.get(targets)
-        if log is None:
-            log = self._logs[targets] = ErrorLog(targets)
-            log.open()
-        return log
-
-    def reopen_logs(self) -> None:
-        self.main_log.reopen()
-        for log in self._logs.values():
-            log.reopen()
 
     async def _run_session(
         self, endpoint: Endpoint, sock: socket.socket, address: Any, connection: int
@@ -172,26 +232,151 @@ class Worker:
             await session.run()
         finally:
             self.sessions.discard(session)
+            session_log = self.generation.session_log_for(endpoint.server)
+            if session_log is not None:
+                session_log.write(session.record.log_entry())
 
     def start(self) -> None:
         self.acceptor.start()
 
+    def stop_accepting(self) -> None:
+        self.acceptor.stop()
+
     async def shutdown(self, *, graceful: bool, timeout: float | None) -> None:
-        """Stop accepting; let sessions finish (graceful) until `timeout`, then end them."""
+        """Stop accepting; let sessions finish (graceful) until `timeout` (None: however long they take),
+        then end them: relays log nginx's `shutdown timeout`, a fast stop ends them without a word."""
         self.acceptor.stop()
         if graceful and self.sessions:
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.acceptor.wait_sessions()
-            except TimeoutError:
-                pass
         for session in list(self.sessions):
-            session.stop("shutdown")
+            session.stop("shutdown timeout" if graceful else "worker exiting")
         if self.sessions:
             try:
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(_STOP_GRACE):
                     await self.acceptor.wait_sessions()
             except TimeoutError:
                 self.acceptor.cancel_sessions()
-        for log in self._logs.values():
-            log.close()
+                await self.acceptor.wait_sessions()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The worker process
+
+
+@dataclass(frozen=True)
+class WorkerUser:
+    """Who workers run as when the master is root (`user`, default nobody)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+class _WorkerInitError(Exception):
+    """A worker cannot start (nginx exits such a worker with code 2, and the master does not respawn it)."""
+
+
+def run_worker_process(
+    generation: Generation, connection_numbers: ConnectionNumbers, user: WorkerUser | None
+) -> NoReturn:
+    """The body of a freshly forked worker; never returns (`os._exit`, so no parent's cleanup runs twice)."""
+    code = 0
+    try:
+        mailgate_tls.after_fork()
+        setproctitle.setproctitle("mailgate: worker process")
+        route_python_logger("mailgate.tls", generation.main_log)
+        _init_process(generation, user)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(generation, connection_numbers))
+    except _WorkerInitError as error:
+        generation.main_log.log(LogLevel.EMERG, str(error))
+        code = FATAL_EXIT
+    except BaseException:  # a bug must leave a trace in the log, not only a dead worker
+        generation.main_log.log(LogLevel.ALERT, "worker process failed: " + traceback.format_exc().strip())
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _init_process(generation: Generation, user: WorkerUser | None) -> None:
+    """nginx's ngx_worker_process_init: environment, descriptor limit, then the unprivileged user."""
+    main = generation.config.main
+    _set_environment(main.env)
+    if main.worker_rlimit_nofile is not None:
+        limit = main.worker_rlimit_nofile
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        except (OSError, ValueError) as error:
+            number = getattr(error, "errno", None) or errno.EPERM
+            generation.main_log.log(
+                LogLevel.ALERT, f"setrlimit(RLIMIT_NOFILE, {limit}) failed ({number}: {os.strerror(number)})"
+            )
+    if user is not None and os.geteuid() == 0:
+        _become(user)
+
+
+def _set_environment(env: tuple[tuple[str, str | None], ...]) -> None:
+    """Workers see only TZ and the variables `env` names, as nginx's workers."""
+    kept = {"TZ": os.environ.get("TZ")}
+    for name, value in env:
+        kept[name] = value if value is not None else os.environ.get(name)
+    os.environ.clear()
+    os.environ.update({name: value for name, value in kept.items() if value is not None})
+
+
+def _become(user: WorkerUser) -> None:
+    call = f"setgid({user.gid})"
+    try:
+        os.setgid(user.gid)
+        call = f"initgroups({user.name}, {user.gid})"
+        os.initgroups(user.name, user.gid)
+        call = f"setuid({user.uid})"
+        os.setuid(user.uid)
+    except OSError as error:
+        raise _WorkerInitError(f"{call} failed ({error.errno}: {error.strerror})") from None
+
+
+async def _serve(generation: Generation, connection_numbers: ConnectionNumbers) -> None:
+    loop = asyncio.get_running_loop()
+    log = generation.main_log
+    worker = Worker(generation, connection_numbers.next)
+    stop: asyncio.Future[bool] = loop.create_future()
+
+    fast_stops: list[asyncio.Task[None]] = []
+
+    def request_stop(graceful: bool) -> None:
+        if not stop.done():
+            stop.set_result(graceful)
+        elif not graceful:
+            # TERM during a graceful stop: end the sessions now.
+            fast_stops.append(loop.create_task(worker.shutdown(graceful=False, timeout=0)))
+
+    def reopen_logs() -> None:
+        log.log(LogLevel.NOTICE, "reopening logs")
+        for failure in generation.reopen_logs():
+            log.log(LogLevel.EMERG, failure)
+
+    loop.add_signal_handler(signal.SIGQUIT, request_stop, True)
+    loop.add_signal_handler(signal.SIGTERM, request_stop, False)
+    loop.add_signal_handler(signal.SIGINT, request_stop, False)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
+    for ignored in (signal.SIGHUP, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM):
+        signal.signal(ignored, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
+    worker.start()
+    graceful = await stop
+    if graceful:
+        log.log(LogLevel.NOTICE, "gracefully shutting down")
+        setproctitle.setproctitle("mailgate: worker process is shutting down")
+    worker.stop_accepting()
+    for _, sock in generation.listeners:
+        sock.close()  # this process's copies: the master and the next workers keep theirs
+    await worker.shutdown(graceful=graceful, timeout=generation.config.main.worker_shutdown_timeout)
+    log.log(LogLevel.NOTICE, "exiting")
+    log.log(LogLevel.NOTICE, "exit")
