@@ -244,3 +244,28 @@ mail {{
                 session = tls.session
     assert reused == [False, True, True, True, True, True]
     assert log_count(mailgate.error_log, r"\[(alert|crit|error|warn)\]") == 0
+
+
+def test_a_servers_own_error_log_gets_its_sessions_and_the_main_log_the_rest(
+    open_prefix: Path, routed_auth: AuthServer
+) -> None:
+    port, own_port = free_port(), free_port()
+    own_log = open_prefix / "own.log"
+    conf = f"""
+worker_processes 1;
+events {{}}
+mail {{
+    auth_http {routed_auth.url()};
+    server {{ listen 127.0.0.1:{port}; protocol imap; }}
+    server {{ listen 127.0.0.1:{own_port}; protocol imap; error_log {own_log} info; }}
+}}
+"""
+    with mailgate_server(conf, open_prefix, master_process=True) as mailgate:
+        for target in (port, own_port):
+            client = ImapClient(target)
+            client.line()
+            client.close()
+        wait_for_log(own_log, rf" connected to 127\.0\.0\.1:{own_port}$")
+        wait_for_log(mailgate.error_log, rf" connected to 127\.0\.0\.1:{port}$")
+    assert log_count(own_log, rf" connected to 127\.0\.0\.1:{port}$") == 0
+    assert log_count(mailgate.error_log, rf" connected to 127\.0\.0\.1:{own_port}$") == 0

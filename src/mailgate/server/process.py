@@ -23,14 +23,14 @@ from mailgate.tls import shared_cache_directory
 DEFAULT_USER = "nobody"
 DEFAULT_GROUPS = ("nogroup", "nobody")
 
-# What nginx appends to `signal N (SIGX) received from PID` for each signal it acts on.
+# What nginx appends to `signal N (SIGX) received from PID` for each signal it acts on. USR2 (nginx's binary
+# upgrade) and WINCH are logged without an action: mailgate ignores them.
 SIGNAL_ACTIONS = {
     signal.SIGHUP: ", reconfiguring",
     signal.SIGQUIT: ", shutting down",
     signal.SIGTERM: ", exiting",
     signal.SIGINT: ", exiting",
     signal.SIGUSR1: ", reopening logs",
-    signal.SIGUSR2: ", changing binary",
 }
 
 
