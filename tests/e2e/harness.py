@@ -134,6 +134,8 @@ def normalise(data: bytes) -> bytes:
 # --- the auth server's decisions -------------------------------------------------------------------------
 
 INVALID_LOGIN = "Invalid login or password"
+ALIAS_PREFIX = "alias-"
+ALIAS_PASSWORD = "alias-password"
 
 
 def unescape(value: str) -> bytes:
@@ -149,7 +151,9 @@ class Directory:
     refused with `INVALID_LOGIN`. APOP and CRAM-MD5 digests are checked against the user's password, which
     is then handed over in `Auth-Pass` (nginx forgets digests). SMTP passwords are checked here, since
     XCLIENT LOGIN= makes Postfix trust the login, unless the request carries `X-Backend-Checks: password`
-    (a server with `proxy_smtp_auth on`). IMAP and POP3 plain passwords are left to Dovecot.
+    (a server with `proxy_smtp_auth on`). IMAP and POP3 plain passwords are left to Dovecot, except for
+    `alias-<user>` with the password `alias-password`: that login is mapped to the real user and password
+    with `Auth-User` and `Auth-Pass`.
     """
 
     dovecot: Dovecot
@@ -162,6 +166,11 @@ class Directory:
         protocol = request.header("Auth-Protocol") or ""
         method = request.header("Auth-Method") or ""
         given = unescape(request.header("Auth-Pass") or "")
+        aliased = self.dovecot.users.get(login.removeprefix(ALIAS_PREFIX))
+        if login.startswith(ALIAS_PREFIX) and aliased is not None:
+            if given != ALIAS_PASSWORD.encode():
+                return AuthReply.error(INVALID_LOGIN)
+            return AuthReply.ok(*self.route(protocol), user=aliased.name, password=aliased.password)
         user = self.dovecot.users.get(login)
         password = None if user is None else user.password.encode("latin-1")
         salt = (request.header("Auth-Salt") or "").encode("latin-1")

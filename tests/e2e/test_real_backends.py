@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import (
+    ALIAS_PASSWORD,
+    ALIAS_PREFIX,
     INVALID_LOGIN,
     IO_TIMEOUT,
     KINDS,
@@ -34,7 +36,7 @@ from tests.e2e.harness import (
     running_proxy,
 )
 from tests.support.authserver import AuthServer
-from tests.support.dovecot import Dovecot
+from tests.support.dovecot import DEFAULT_USERS, Dovecot
 from tests.support.mailstore import MailUser, StoredMessage, build_message
 from tests.support.postfix import UNKNOWN_ADDRESS, Postfix
 
@@ -265,6 +267,64 @@ def test_proxy_smtp_auth_logs_in_to_postfix_with_auth_plain_and_delivers(
     assert "from mail.example.com (unknown [127.0.0.1])" in received
     assert "with ESMTPA" in received
     assert _body(message) in delivered.data
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_imaplib_appends_a_multi_megabyte_message_and_fetches_it_back_intact(
+    proxies: dict[ProxyKind, RunningProxy], mail_user: MailUser, kind: ProxyKind
+) -> None:
+    message = build_message("appended", size=BIG_MESSAGE_SIZE, seed=7)
+    client = _imap(proxies[kind].address("imap"))
+    try:
+        client.login(mail_user.name, mail_user.password)
+        status, _ = client.append("INBOX", None, None, message)
+        assert status == "OK"
+        assert client.select("INBOX", readonly=True) == ("OK", [b"1"])
+        status, data = client.fetch("1", "(BODY.PEEK[])")
+    finally:
+        client.shutdown()
+    fetched = data[0]
+    assert isinstance(fetched, tuple)
+    assert hashlib.sha256(fetched[1]).hexdigest() == hashlib.sha256(message).hexdigest()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_auth_server_can_log_the_client_in_as_another_backend_user(
+    proxies: dict[ProxyKind, RunningProxy], dovecot: Dovecot, mail_user: MailUser, kind: ProxyKind
+) -> None:
+    stored = dovecot.maildir(mail_user).deliver(build_message("aliased", size=5_000))
+    alias = ALIAS_PREFIX + mail_user.name
+    imap = _imap(proxies[kind].address("imap"))
+    try:
+        assert imap.login(alias, ALIAS_PASSWORD)[0] == "OK"
+        assert imap.select("INBOX", readonly=True) == ("OK", [b"1"])
+    finally:
+        imap.shutdown()
+    pop3 = poplib.POP3(*proxies[kind].address("pop3"), timeout=IO_TIMEOUT)
+    try:
+        pop3.user(alias)
+        assert pop3.pass_(ALIAS_PASSWORD).startswith(b"+OK")
+        assert pop3.stat() == (1, len(stored.data))
+    finally:
+        pop3.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_password_with_quotes_spaces_and_braces_reaches_dovecot_unchanged(
+    proxies: dict[ProxyKind, RunningProxy], kind: ProxyKind
+) -> None:
+    tricky = next(user for user in DEFAULT_USERS if user.name == "tricky")
+    imap = _imap(proxies[kind].address("imap"))
+    try:
+        assert imap.login(tricky.name, tricky.password)[0] == "OK"  # sent as a quoted string
+    finally:
+        imap.shutdown()
+    pop3 = poplib.POP3(*proxies[kind].address("pop3"), timeout=IO_TIMEOUT)
+    try:
+        pop3.user(tricky.name)
+        assert pop3.pass_(tricky.password).startswith(b"+OK")
+    finally:
+        pop3.close()
 
 
 # --- curl ------------------------------------------------------------------------------------------------
