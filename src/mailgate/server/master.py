@@ -206,12 +206,12 @@ class Master:
         route_python_logger("mailgate.tls", new.main_log)
         redirect_stderr(new.main_log)
         self._move_pid_file(config.main.pid)
+        old.close_logs()  # the master's copies (not to be inherited); old workers keep writing through theirs
         self._start_workers()
         for worker in self.workers.values():
             if worker.generation is old:
                 worker.exiting = True
                 self._kill(worker.pid, signal.SIGQUIT)
-        old.close_logs()  # the master's copies; old workers write through their own until they exit
 
     def _move_pid_file(self, path: Path | None) -> None:
         if path == self.pid_file:
