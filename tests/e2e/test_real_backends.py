@@ -187,6 +187,20 @@ def test_imaplib_cram_md5_logs_in_with_the_password_the_auth_server_hands_over(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_imaplib_authenticate_plain_logs_in_and_the_client_tag_comes_back(
+    proxies: dict[ProxyKind, RunningProxy], mail_user: MailUser, kind: ProxyKind
+) -> None:
+    client = _imap(proxies[kind].address("imap"))
+    credentials = f"\0{mail_user.name}\0{mail_user.password}".encode()
+    try:
+        # imaplib raises unless the tagged OK carries the AUTHENTICATE command's own tag.
+        assert client.authenticate("PLAIN", lambda challenge: credentials)[0] == "OK"
+        assert client.select("INBOX", readonly=True) == ("OK", [b"0"])
+    finally:
+        client.shutdown()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_poplib_retr_returns_the_stored_multi_megabyte_message(
     proxies: dict[ProxyKind, RunningProxy], dovecot: Dovecot, mail_user: MailUser, kind: ProxyKind
 ) -> None:
@@ -232,6 +246,21 @@ def test_smtplib_auth_submission_lands_in_the_dovecot_mailbox_as_an_authenticate
     assert f"from {CLIENT_HELO} (unknown [127.0.0.1])" in received
     assert "with ESMTPA" in received
     assert _body(message) in delivered.data
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_smtp_auth_login_with_an_initial_response_delivers(
+    proxies: dict[ProxyKind, RunningProxy], postfix: Postfix, mail_user: MailUser, kind: ProxyKind
+) -> None:
+    subject = f"auth login via {kind}"
+    message = build_message(subject, recipient=mail_user.address)
+    with smtplib.SMTP(*proxies[kind].address("smtp"), local_hostname=CLIENT_HELO, timeout=IO_TIMEOUT) as smtp:
+        smtp.ehlo()
+        smtp.user, smtp.password = mail_user.name, mail_user.password
+        assert smtp.auth("LOGIN", smtp.auth_login) == (235, b"2.0.0 OK")
+        assert smtp.sendmail(SENDER, [mail_user.address], message) == {}
+    delivered = postfix.wait_for_delivery(mail_user, _subject_is(subject))
+    assert "with ESMTPA" in (delivered.header("Received") or "")
 
 
 @pytest.mark.parametrize("kind", KINDS)

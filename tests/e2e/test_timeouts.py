@@ -7,6 +7,8 @@ runs against nginx on the same file and the client-visible bytes and the log lin
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.harness import KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
+from tests.e2e.harness import IO_TIMEOUT, KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
 from tests.support.authserver import AuthReply, AuthServer
 from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
 from tests.support.loopback import IPV4_LOOPBACK
@@ -202,3 +204,40 @@ def test_a_backend_login_timeout_is_logged_in_nginxs_words(
     stalled: dict[ProxyKind, tuple[bytes, str]],
 ) -> None:
     assert stalled["mailgate"][1] == stalled["nginx"][1]
+
+
+def _push_after_login(listener: socket.socket, pushes: int, interval: float) -> None:
+    """Serve one IMAP login, answer `a2 IDLE` with `pushes` untagged lines `interval` apart, and close."""
+    listener.settimeout(IO_TIMEOUT)
+    connection, _ = listener.accept()
+    with connection, connection.makefile("rb") as lines:
+        connection.sendall(b"* OK backend ready\r\n")
+        for reply in (b"+ OK\r\n", b"+ OK\r\n", b"a1 OK backend logged in\r\n"):
+            lines.readline()
+            connection.sendall(reply)
+        lines.readline()  # a2 IDLE
+        connection.sendall(b"+ idling\r\n")
+        for count in range(pushes):
+            time.sleep(interval)
+            connection.sendall(b"* %d EXISTS\r\n" % (count + 1))
+        connection.sendall(b"a2 OK IDLE terminated\r\n")
+
+
+def test_backend_pushes_keep_a_relayed_session_alive_past_proxy_timeout(setup: Setup) -> None:
+    # mailgate counts a transfer either way as activity (proxy/relay.py); nginx 1.22 re-arms proxy_timeout on
+    # client socket events only (spec §5.5, quirk 7), so it cuts a silent IDLE client the server pushes to.
+    pushes = 8
+    proxy = setup.proxies["mailgate"]
+    with socket.create_server((IPV4_LOOPBACK, 0)) as listener:
+        backend = threading.Thread(target=_push_after_login, args=(listener, pushes, 0.4), daemon=True)
+        backend.start()
+        setup.auth.respond_with(AuthReply.ok(IPV4_LOOPBACK, listener.getsockname()[1]))
+        mark = proxy.log_mark()
+        with LineClient(proxy.address("imap_relay")) as client:
+            client.line()
+            client.send(b"a1 LOGIN alice secret\r\na2 IDLE\r\n")
+            received = client.rest()
+        backend.join(IO_TIMEOUT)
+    expected = b"".join(b"* %d EXISTS\r\n" % (count + 1) for count in range(pushes))
+    assert received == b"a1 OK backend logged in\r\n+ idling\r\n" + expected + b"a2 OK IDLE terminated\r\n"
+    assert "client timed out" not in proxy.log_since(mark)
