@@ -502,12 +502,38 @@ def _mid_relay(setup: Setup, proxy: RunningProxy, protocol: str, abruptly: bool)
         assert backend.wait_until_all_ended(1), (backend.received, proxy.log_text())
 
 
+def _mid_relay_while_the_backend_streams(
+    setup: Setup, proxy: RunningProxy, protocol: str, abruptly: bool
+) -> None:
+    # The stream starts once relaying (right behind the login reply it would be a too long reply line).
+    command = AFTER_LOGIN[protocol][0]
+    stream = b"* stream " + b"x" * (16 * 1024 * 1024)
+    backend = WatchedBackend(
+        [*BACKEND_LOGIN[protocol], Send(BACKEND_LOGGED_IN[protocol]), Expect(command), Send(stream), Echo()]
+    )
+    with backend:
+        setup.auth.respond_with(AuthReply.ok(IPV4_LOOPBACK, backend.port))
+        prelude, login = LOGIN[protocol]
+        with LineClient(proxy.address(protocol)) as client:
+            client.reply()
+            if prelude:
+                client.send(prelude)
+                client.reply()
+            client.send(login)
+            client.reply()
+            client.send(command)
+            assert client.exactly(65536) == stream[:65536]
+            hang_up(client, abruptly)
+        assert backend.wait_until_all_ended(1), (backend.received, proxy.log_text())
+
+
 PHASES: dict[str, Callable[[Setup, RunningProxy, str, bool], None]] = {
     "before-the-greeting-is-read": _before_the_greeting,
     "mid-command": _mid_command,
     "during-the-auth-request": _during_the_auth_request,
     "during-backend-login": _during_backend_login,
     "mid-relay": _mid_relay,
+    "mid-relay-while-the-backend-streams": _mid_relay_while_the_backend_streams,
 }
 
 
