@@ -302,7 +302,12 @@ class SClientRun:
 
 
 def s_client(
-    port: int, *arguments: str | Path, typed: bytes = b"", after: str | None = None, timeout: float = 30.0
+    port: int,
+    *arguments: str | Path,
+    typed: bytes = b"",
+    after: str | None = None,
+    commands: bool = False,
+    timeout: float = 30.0,
 ) -> SClientRun:
     """`openssl s_client -connect ... ARGUMENTS` fed `typed` (LF becomes CRLF), read until the server closes.
 
@@ -311,8 +316,12 @@ def s_client(
     `after`, nothing is typed until stdout shows that text (with `-brief`, "\n" is the server's first line):
     Debian's nginx 1.22 may leave a command unanswered that arrives together with the TLS 1.3 Finished of an
     implicit-TLS handshake.
+
+    With `commands`, s_client's command letters work (`R` renegotiates, `Q` quits): no `-ign_eof`, and stdin
+    stays open until s_client ends by itself.
     """
-    command = ["openssl", "s_client", "-connect", f"{IPV4_LOOPBACK}:{port}", "-ign_eof", "-crlf"]
+    command = ["openssl", "s_client", "-connect", f"{IPV4_LOOPBACK}:{port}", "-crlf"]
+    command += [] if commands else ["-ign_eof"]
     command += [str(argument) for argument in arguments]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
@@ -330,12 +339,16 @@ def s_client(
             )
         with contextlib.suppress(BrokenPipeError):
             process.stdin.write(typed)
-            process.stdin.close()
+            process.stdin.flush()
+            if not commands:
+                process.stdin.close()
         process.wait(timeout)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
         for pump in pumps:
             pump.join(timeout)
     return SClientRun(
