@@ -8,9 +8,11 @@ must be the same bytes (only nginx's salt is normalised).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import imaplib
 import poplib
+import re
 import shutil
 import smtplib
 import subprocess
@@ -29,6 +31,7 @@ from tests.e2e.harness import (
     IO_TIMEOUT,
     KINDS,
     Directory,
+    LineClient,
     ProxyKind,
     RunningProxy,
     Tap,
@@ -551,6 +554,21 @@ def _curl_rejected(scheme: str) -> Callable[[tuple[str, int], MailUser, str], No
     return script
 
 
+def _pipelined(text: str) -> Callable[[tuple[str, int], MailUser, str], None]:
+    """After the greeting, send `text` (several commands at once; `{user}`, `{password}`, `{address}`,
+    `{plain}` filled in) and read up to the close the last command (LOGOUT, QUIT) causes."""
+
+    def script(address: tuple[str, int], user: MailUser, curl: str) -> None:
+        plain = base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode()
+        commands = text.format(user=user.name, password=user.password, address=user.address, plain=plain)
+        with LineClient(address) as client:
+            client.line()
+            client.send(commands.encode())
+            client.rest()
+
+    return script
+
+
 Script = Callable[[tuple[str, int], MailUser, str], None]
 SCRIPTS: dict[str, tuple[str, Script]] = {
     "imap-login": ("imap", _imap_login),
@@ -570,14 +588,34 @@ SCRIPTS: dict[str, tuple[str, Script]] = {
     "curl-imap-rejected": ("imap", _curl_rejected("imap")),
     "curl-pop3-rejected": ("pop3", _curl_rejected("pop3")),
     "curl-smtp-rejected": ("smtp", _curl_rejected("smtp")),
+    "imap-pipelined-behind-login": (
+        "imap",
+        _pipelined("a1 LOGIN {user} {password}\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n"),
+    ),
+    "pop3-pipelined-behind-pass": ("pop3", _pipelined("USER {user}\r\nPASS {password}\r\nSTAT\r\nQUIT\r\n")),
+    "smtp-helo-then-auth-pipelined": (
+        "smtp",
+        _pipelined(
+            "HELO client.example.org\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<sender@example.org>\r\n"
+            "RCPT TO:<{address}>\r\nRSET\r\nQUIT\r\n"
+        ),
+    ),
+    "smtp-relay-pipelined": (
+        "smtp_relay",
+        _pipelined("EHLO client.example.org\r\nMAIL FROM:<>\r\nRCPT TO:<{address}>\r\nRSET\r\nQUIT\r\n"),
+    ),
 }
+
+
+# Dovecot ends tagged replies with its own timings, e.g. `(0.001 + 0.000 + 0.001 secs)`: not the proxy's.
+_DOVECOT_TIMING = re.compile(rb" \(\d+\.\d+(?: \+ \d+\.\d+)* secs\)")
 
 
 def _tapped(proxy: RunningProxy, server: str, script: Script, user: MailUser, curl: str) -> list[bytes]:
     """What the client received, per connection, running `script` against `server` of `proxy`."""
     with Tap(proxy.address(server)) as tap:
         script(tap.address, user, curl)
-        return [normalise(to_client) for _, to_client in tap.transcripts()]
+        return [_DOVECOT_TIMING.sub(b" (T secs)", normalise(to_client)) for _, to_client in tap.transcripts()]
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
