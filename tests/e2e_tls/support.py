@@ -94,6 +94,7 @@ def running(
     log_level: str = "info",
     reply: AuthReply | Responder | None = None,
     values: dict[str, object] | None = None,
+    master_process: bool = False,
 ) -> Iterator[Proxy]:
     """Run `kind` on the rendered `template` until the block ends; its auth server answers `reply`.
 
@@ -109,7 +110,9 @@ def running(
             ports, auth=auth.url("/auth"), pki=pki, dir=directory, **(values or {})
         )
         if kind == "mailgate":
-            with mailgate_server(text, directory, log_level=log_level) as mailgate:
+            with mailgate_server(
+                text, directory, log_level=log_level, master_process=master_process
+            ) as mailgate:
                 yield Proxy(kind, ports, auth, directory, mailgate.error_log)
         else:
             conf_file = directory / "nginx.conf"
