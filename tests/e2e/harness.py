@@ -1,9 +1,9 @@
 """End-to-end harness: mailgate and Debian's nginx on one configuration; clients that record what they see.
 
 A configuration template is rendered once per proxy with `string.Template`: every `$port_NAME` placeholder
-becomes a free loopback port of that proxy (its `ports["NAME"]`), any other placeholder takes the value the
-caller gives. So the two proxies run the same text with only their ports different, against the same auth
-server and the same backends.
+becomes a free loopback port of that proxy (its `ports["NAME"]`), every `$port6_NAME` one free on `::1`
+(for `listen [::1]:$port6_NAME`), any other placeholder takes the value the caller gives. So the two proxies
+run the same text with only their ports different, against the same auth server and the same backends.
 
 `Tap` sits between a real client (imaplib, curl...) and a proxy and records both byte streams, so the
 client-visible transcript of an unmodified client can be compared across the two proxies. `LineClient` is a
@@ -28,9 +28,17 @@ from string import Template
 from types import TracebackType
 from typing import Literal, Self
 
+import pytest
+
 from tests.support.authserver import AuthReply, AuthRequest
 from tests.support.dovecot import Dovecot
-from tests.support.loopback import IPV4_LOOPBACK, free_port, wait_until
+from tests.support.loopback import (
+    IPV4_LOOPBACK,
+    IPV6_LOOPBACK,
+    free_port,
+    ipv6_loopback_available,
+    wait_until,
+)
 from tests.support.mailgate import mailgate_server
 from tests.support.nginx import nginx_server, require_nginx
 from tests.support.postfix import Postfix
@@ -40,7 +48,7 @@ KINDS: tuple[ProxyKind, ...] = ("nginx", "mailgate")
 SERVER_NAME = "mail.example.com"
 # Generous: two CPU cores are shared by the whole parallel suite.
 IO_TIMEOUT = 30.0
-_PORT_PLACEHOLDER = re.compile(r"\$port_([a-z0-9_]+)")
+_PORT_PLACEHOLDER = re.compile(r"\$port(6?)_([a-z0-9_]+)")
 # nginx's APOP / CRAM-MD5 salt `<pid.time@server_name>`: the one thing besides ports that must differ.
 _SALT = re.compile(rb"<\d+\.\d+@" + re.escape(SERVER_NAME.encode()) + rb">")
 _NORMAL_SALT = b"<R.T@" + SERVER_NAME.encode() + b">"
@@ -54,9 +62,10 @@ class RunningProxy:
     kind: ProxyKind
     ports: dict[str, int]
     error_log: Path
+    ipv6_names: frozenset[str] = frozenset()
 
     def address(self, name: str) -> tuple[str, int]:
-        return IPV4_LOOPBACK, self.ports[name]
+        return (IPV6_LOOPBACK if name in self.ipv6_names else IPV4_LOOPBACK), self.ports[name]
 
     def log_text(self) -> str:
         try:
@@ -87,8 +96,11 @@ class RunningProxy:
         return text
 
 
-def render(template: str, ports: dict[str, int], values: dict[str, object]) -> str:
-    return Template(template).substitute({f"port_{name}": port for name, port in ports.items()}, **values)
+def render(
+    template: str, ports: dict[str, int], ipv6_names: frozenset[str], values: dict[str, object]
+) -> str:
+    placeholders = {f"port{'6' if name in ipv6_names else ''}_{name}": port for name, port in ports.items()}
+    return Template(template).substitute(placeholders, **values)
 
 
 @contextmanager
@@ -98,19 +110,24 @@ def running_proxy(
     """Run `kind` on `template` (ports allocated here, `values` for the other placeholders) until the end."""
     if kind == "nginx":
         require_nginx()
-    names = list(dict.fromkeys(_PORT_PLACEHOLDER.findall(template)))
-    ports = {name: free_port() for name in names}
-    text = render(template, ports, values)
+    found = dict.fromkeys(_PORT_PLACEHOLDER.findall(template))
+    ipv6_names = frozenset(name for v6, name in found if v6)
+    if ipv6_names and not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback (::1) here")
+    ports = {name: free_port(IPV6_LOOPBACK if v6 else IPV4_LOOPBACK) for v6, name in found}
+    text = render(template, ports, ipv6_names, values)
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "mailgate":
         with mailgate_server(text, directory) as mailgate:
-            yield RunningProxy(kind, ports, mailgate.error_log)
+            yield RunningProxy(kind, ports, mailgate.error_log, ipv6_names)
         return
     conf_file = directory / "nginx.conf"
     conf_file.write_text(text)
-    listening = [(IPV4_LOOPBACK, port) for port in ports.values()]
+    listening = [
+        (IPV6_LOOPBACK if name in ipv6_names else IPV4_LOOPBACK, port) for name, port in ports.items()
+    ]
     with nginx_server(conf_file, directory, listening) as nginx:
-        yield RunningProxy(kind, ports, nginx.error_log)
+        yield RunningProxy(kind, ports, nginx.error_log, ipv6_names)
 
 
 def normalise(data: bytes) -> bytes:
