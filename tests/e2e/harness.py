@@ -114,7 +114,12 @@ def running_proxy(
     ipv6_names = frozenset(name for v6, name in found if v6)
     if ipv6_names and not ipv6_loopback_available():
         pytest.skip("no IPv6 loopback (::1) here")
-    ports = {name: free_port(IPV6_LOOPBACK if v6 else IPV4_LOOPBACK) for v6, name in found}
+    ports: dict[str, int] = {}
+    for v6, name in found:
+        port = 0
+        while port == 0 or port in ports.values():  # free_port() may hand out a port twice in a row
+            port = free_port(IPV6_LOOPBACK if v6 else IPV4_LOOPBACK)
+        ports[name] = port
     text = render(template, ports, ipv6_names, values)
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "mailgate":

@@ -199,6 +199,16 @@ AUTH_FAILURES: dict[str, tuple[str, Callable[[Route], list[AuthReply]], Callable
     ),
     "truncated": ("_auth_timeout", lambda route: [AuthReply.truncated()], INTERNAL_ERROR.__getitem__),
     "closed-without-reply": ("", lambda route: [AuthReply.close_early()], INTERNAL_ERROR.__getitem__),
+    "backend-host-name-instead-of-address": (
+        "",
+        lambda route: [AuthReply.ok("localhost", route[1])],
+        INTERNAL_ERROR.__getitem__,
+    ),
+    "backend-port-out-of-range": (
+        "",
+        lambda route: [AuthReply.ok(route[0], 65536)],
+        INTERNAL_ERROR.__getitem__,
+    ),
     "no-backend-address": (
         "",
         lambda route: [AuthReply(headers=(("Auth-Status", "OK"),))],
@@ -231,6 +241,19 @@ def test_an_auth_service_failure_gives_nginxs_reply_and_the_proxy_serves_on(
     seen = on_both(setup, protocol, play)
     assert seen["mailgate"] == seen["nginx"]
     assert seen["mailgate"].endswith(last_reply(protocol) + CLOSED)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_http_status_of_the_auth_reply_is_ignored(setup: Setup, protocol: str) -> None:
+    def play(proxy: RunningProxy) -> bytes:
+        route = setup.directory.route(protocol)
+        reply = AuthReply.ok(*route)
+        setup.auth.respond_with(AuthReply(headers=reply.headers, status_line="HTTP/1.0 500 Internal Error"))
+        return log_in(proxy.address(protocol), protocol)
+
+    seen = on_both(setup, protocol, play)
+    assert seen["mailgate"] == seen["nginx"]
+    assert seen["mailgate"].splitlines(keepends=True)[-1].startswith(LOGGED_IN[protocol])
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
