@@ -47,6 +47,15 @@ def routed_auth(imap_backend: LoginBackend) -> Iterator[AuthServer]:
         yield auth
 
 
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections and that nothing else can take meanwhile (bound, never
+    listening), unlike a port that was merely free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((IPV4_LOOPBACK, 0))
+        yield holder.getsockname()[1]
+
+
 def children(pid: int) -> list[int]:
     """The live child processes of `pid`."""
     found = []

@@ -54,7 +54,7 @@ def _login(client: ImapClient, user: str) -> bytes:
 
 
 def test_each_way_a_session_ends_gets_its_own_correct_line(
-    open_prefix: Path, imap_backend: LoginBackend, tmp_path: Path
+    open_prefix: Path, imap_backend: LoginBackend, refusing_port: int
 ) -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("mail.example.com")
@@ -62,7 +62,7 @@ def test_each_way_a_session_ends_gets_its_own_correct_line(
     leaf.cert_chain_pems[0].write_to_path(str(certificate))
     leaf.private_key_pem.write_to_path(str(key))
     ports = {name: free_port() for name in ("plain", "short", "tls", "text")}
-    refusing = free_port()
+    refusing = refusing_port
     with AuthServer() as auth:
         auth.set_default(lambda request: _decide(request, imap_backend.port, refusing))
         conf = CONF.format(auth=auth.url(), prefix=open_prefix, certificate=certificate, key=key, **ports)
