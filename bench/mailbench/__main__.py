@@ -107,16 +107,19 @@ def run_profiles(
     found = []
     for scenario in scenarios:
         raw = workdir / f"profile-{scenario.key}.txt"
-        raw.unlink(missing_ok=True)
-        recorder = profile.start(py_spy, mailgate.process.pid, seconds, raw)
-        time.sleep(0.5)  # py-spy attaches before the load starts
-        profiled = dataclasses.replace(
-            load, seconds=seconds - 1.0, bulk_sessions=1000, bulk_seconds=seconds - 1.0
-        )
-        measure(loadgen, scenario, mailgate, profiled)
-        _, errors = recorder.communicate(timeout=seconds + 60)
+        for _attempt in range(2):  # py-spy sometimes fails to attach while a worker is busy
+            raw.unlink(missing_ok=True)
+            recorder = profile.start(py_spy, mailgate.process.pid, seconds, raw)
+            time.sleep(0.5)  # py-spy attaches before the load starts
+            profiled = dataclasses.replace(
+                load, seconds=seconds - 1.0, bulk_sessions=1000, bulk_seconds=seconds - 1.0
+            )
+            measure(loadgen, scenario, mailgate, profiled)
+            _, errors = recorder.communicate(timeout=seconds + 60)
+            if raw.exists():
+                break
+            _progress(f"py-spy failed ({recorder.returncode}): {errors.decode(errors='replace').strip()}")
         if not raw.exists():
-            _progress(f"py-spy failed: {errors.decode(errors='replace')}")
             continue
         found.append(profile.summarize(raw, scenario.key, scenario.title))
         _progress(f"  profiled {scenario.key}: {found[-1].samples} samples")

@@ -56,9 +56,10 @@ def render(record: RunRecord, charted: bool) -> str:
     if record.profiles:
         parts += ["## Where mailgate's time goes (py-spy)", ""]
         parts += [
-            "py-spy sampled mailgate's workers (`--subprocesses --native`) while the load generator ran the",
-            "scenario. A sample is charged to the innermost Python frame in the function tables (C code it",
-            "calls included), and to the innermost frame of any kind in the last table.",
+            "py-spy sampled mailgate's workers (`--subprocesses --nonblocking`) while the load generator ran",
+            "the scenario. A sample is charged to the innermost Python frame, C code it calls included:",
+            "`Runner.run` is the event loop itself (uvloop's C and Cython code, its SSL protocol and the",
+            "system calls it makes). The table's kernel column gives the kernel's share of each session.",
             "",
         ]
         for found in record.profiles:
