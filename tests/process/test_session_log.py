@@ -32,6 +32,10 @@ mail {{
         listen 127.0.0.1:{tls} ssl; protocol imap;
         ssl_certificate {certificate}; ssl_certificate_key {key};
     }}
+    server {{
+        listen 127.0.0.1:{starttls}; protocol imap;
+        starttls only; ssl_certificate {certificate}; ssl_certificate_key {key};
+    }}
     server {{ listen 127.0.0.1:{text}; protocol imap; session_log {prefix}/sessions.txt; }}
 }}
 """
@@ -61,7 +65,7 @@ def test_each_way_a_session_ends_gets_its_own_correct_line(
     certificate, key = open_prefix / "server.crt", open_prefix / "server.key"
     leaf.cert_chain_pems[0].write_to_path(str(certificate))
     leaf.private_key_pem.write_to_path(str(key))
-    ports = {name: free_port() for name in ("plain", "short", "tls", "text")}
+    ports = {name: free_port() for name in ("plain", "short", "tls", "starttls", "text")}
     refusing = refusing_port
     with AuthServer() as auth:
         auth.set_default(lambda request: _decide(request, imap_backend.port, refusing))
@@ -96,13 +100,20 @@ def test_each_way_a_session_ends_gets_its_own_correct_line(
             assert _login(secure, "carol").startswith(b"a OK")
             secure.close()
 
+            upgraded = ImapClient(ports["starttls"])
+            upgraded.line()
+            assert upgraded.command(b"s STARTTLS\r\n")[-1].startswith(b"s OK")
+            upgraded.sock = context.wrap_socket(upgraded.sock, server_hostname="mail.example.com")
+            assert upgraded.command(f"a LOGIN dave {PASSWORD}\r\n".encode())[-1].startswith(b"a OK")
+            upgraded.close()
+
             texted = ImapClient(ports["text"])
             texted.line()
             texted.command(b"q LOGOUT\r\n")
             texted.closed_by_server()
 
             json_log, text_log = open_prefix / "sessions.json", open_prefix / "sessions.txt"
-            assert wait_until(lambda: len(json_log.read_text().splitlines()) == 6, 20)
+            assert wait_until(lambda: len(json_log.read_text().splitlines()) == 7, 20)
             assert wait_until(lambda: text_log.exists() and text_log.read_text().count("\n") == 1, 20)
             time.sleep(0.2)  # nothing more may come
             entries: list[dict[str, Any]] = [json.loads(line) for line in json_log.read_text().splitlines()]
@@ -152,6 +163,13 @@ def test_each_way_a_session_ends_gets_its_own_correct_line(
         False,
     )
     assert secure_entry["tls_cipher"].startswith("TLS_")
+    upgraded_entry = by_login["dave"]
+    assert (upgraded_entry["tls"], upgraded_entry["auth"], upgraded_entry["end"]) == (
+        "starttls",
+        "ok",
+        "client closed",
+    )
+    assert upgraded_entry["tls_protocol"] == "TLSv1.3"
     assert all(entry["duration"] >= 0 for entry in entries)
     assert len({entry["connection"] for entry in entries}) == len(entries)
     assert re.fullmatch(
