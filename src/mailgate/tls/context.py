@@ -255,8 +255,8 @@ def _set_fixed_options(ctx: int, protocols: frozenset[str]) -> None:
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, 0, None)
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MAX_PROTO_VERSION, TLS1_3_VERSION, None)
     libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN, None)
-    # No read-ahead, unlike nginx: it saves no syscall on a memory BIO, and uvloop reads only while the BIO or
-    # SSL_pending() has bytes, so a record read ahead (pipelined behind another one) would wait for more input.
+    # No read-ahead, unlike nginx: it saves no syscall on a memory BIO, and uvloop reads only while the BIO
+    # or SSL_pending() has bytes, so a record read ahead (pipelined behind another) would wait for more input.
 
 
 def _use_certificate(
