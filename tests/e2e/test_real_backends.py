@@ -15,6 +15,7 @@ import poplib
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import types
 from collections.abc import Callable, Iterator
@@ -170,6 +171,27 @@ def test_imaplib_fetches_a_multi_megabyte_message_whose_digest_matches_the_store
     assert isinstance(fetched, tuple)
     assert len(fetched[1]) == len(stored.data) >= BIG_MESSAGE_SIZE
     assert hashlib.sha256(fetched[1]).hexdigest() == stored.sha256
+
+
+def test_a_client_that_sends_everything_and_half_closes_still_gets_the_whole_session(
+    proxies: dict[ProxyKind, RunningProxy], dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Beyond nginx (which closes once the client's EOF is read): mailgate passes the half-close on to the
+    # backend and relays until the backend closes, so `printf ... | nc`-style clients get every reply.
+    stored = dovecot.maildir(mail_user).deliver(build_message("half-closed", size=BIG_MESSAGE_SIZE))
+    with LineClient(proxies["mailgate"].address("imap")) as client:
+        client.line()
+        client.send(
+            f"a1 LOGIN {mail_user.name} {mail_user.password}\r\na2 EXAMINE INBOX\r\n"
+            "a3 FETCH 1 BODY.PEEK[]\r\na4 LOGOUT\r\n".encode()
+        )
+        client.sock.shutdown(socket.SHUT_WR)
+        received = client.rest()
+    literal = f"* 1 FETCH (BODY[] {{{len(stored.data)}}}\r\n".encode()
+    assert literal in received
+    start = received.index(literal) + len(literal)
+    assert hashlib.sha256(received[start : start + len(stored.data)]).hexdigest() == stored.sha256
+    assert re.search(rb"\r\na4 OK Logout completed[^\r\n]*\r\n$", received), received[-200:]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -593,6 +615,15 @@ SCRIPTS: dict[str, tuple[str, Script]] = {
         _pipelined("a1 LOGIN {user} {password}\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n"),
     ),
     "pop3-pipelined-behind-pass": ("pop3", _pipelined("USER {user}\r\nPASS {password}\r\nSTAT\r\nQUIT\r\n")),
+    # More than the pre-auth buffers hold (POP3: 128 bytes, IMAP: imap_client_buffer 4k) behind the login.
+    "pop3-more-than-its-buffer-behind-pass": (
+        "pop3",
+        _pipelined("USER {user}\r\nPASS {password}\r\n" + "NOOP\r\n" * 200 + "QUIT\r\n"),
+    ),
+    "imap-more-than-its-buffer-behind-login": (
+        "imap",
+        _pipelined("a1 LOGIN {user} {password}\r\n" + "n NOOP\r\n" * 2000 + "z LOGOUT\r\n"),
+    ),
     "smtp-helo-then-auth-pipelined": (
         "smtp",
         _pipelined(
