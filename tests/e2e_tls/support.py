@@ -84,6 +84,17 @@ def port_names(template: str) -> list[str]:
     return list(dict.fromkeys(_PORT_PLACEHOLDER.findall(template)))
 
 
+def free_ports(names: list[str]) -> dict[str, int]:
+    """A different free port for each name (the kernel may hand out a port just probed again)."""
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    return ports
+
+
 @contextlib.contextmanager
 def running(
     kind: str,
@@ -105,7 +116,7 @@ def running(
     directory.mkdir(parents=True, exist_ok=True)
     with AuthServer() as auth:
         auth.set_default(reply or AuthReply.error(REFUSAL))
-        ports = {name: free_port() for name in port_names(template)}
+        ports = free_ports(port_names(template))
         text = Template(template).substitute(
             ports, auth=auth.url("/auth"), pki=pki, dir=directory, **(values or {})
         )
