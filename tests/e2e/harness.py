@@ -105,9 +105,12 @@ def render(
 
 @contextmanager
 def running_proxy(
-    kind: ProxyKind, template: str, directory: Path, **values: object
+    kind: ProxyKind, template: str, directory: Path, *, master_process: bool = False, **values: object
 ) -> Iterator[RunningProxy]:
-    """Run `kind` on `template` (ports allocated here, `values` for the other placeholders) until the end."""
+    """Run `kind` on `template` (ports allocated here, `values` for the other placeholders) until the end.
+
+    mailgate runs as a single process unless `master_process` (then with the template's worker_processes).
+    """
     if kind == "nginx":
         require_nginx()
     found = dict.fromkeys(_PORT_PLACEHOLDER.findall(template))
@@ -123,7 +126,7 @@ def running_proxy(
     text = render(template, ports, ipv6_names, values)
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "mailgate":
-        with mailgate_server(text, directory) as mailgate:
+        with mailgate_server(text, directory, master_process=master_process) as mailgate:
             yield RunningProxy(kind, ports, mailgate.error_log, ipv6_names)
         return
     conf_file = directory / "nginx.conf"

@@ -31,6 +31,8 @@ PROTOCOLS = ("imap", "pop3", "smtp")
 CHUNK = 65536
 
 TEMPLATE = """
+worker_processes 2;
+
 events {
 }
 
@@ -195,12 +197,16 @@ async def client_session(proxy: RunningProxy, transfer: Transfer) -> None:
     assert backend_digest == sent.digest(), f"{transfer}: the upstream bytes differ"
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningProxy, AuthServer]]:
+@pytest.fixture(params=[False, True], ids=["single-process", "master-and-two-workers"])
+def proxy(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningProxy, AuthServer]]:
     directory: Path = tmp_path_factory.mktemp("relay")
     with ExitStack() as stack:
         auth = stack.enter_context(AuthServer())
-        running = stack.enter_context(running_proxy("mailgate", TEMPLATE, directory, auth_http=auth.url()))
+        running = stack.enter_context(
+            running_proxy("mailgate", TEMPLATE, directory, master_process=request.param, auth_http=auth.url())
+        )
         yield running, auth
 
 
