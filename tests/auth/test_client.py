@@ -112,7 +112,7 @@ def test_refused_connection_is_logged_like_nginx() -> None:
         port = probe.getsockname()[1]
     server = server_config(url=auth_url(port=port))
     decision = asyncio.run(query_auth_http(server, ATTEMPT))
-    assert decision == InternalError(f"connect() to 127.0.0.1:{port} failed (111: Connection refused)")
+    assert decision == InternalError("recv() failed (111: Connection refused)")
 
 
 def test_unix_socket_auth_server(tmp_path: Path) -> None:

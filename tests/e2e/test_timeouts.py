@@ -195,11 +195,6 @@ def test_a_backend_that_stalls_during_login_is_cut_at_timeout_with_an_internal_e
     assert "while sending LOGIN command to upstream" in seen["mailgate"][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mailgate logs 'upstream timed out' without nginx's '(110: Connection timed out)' "
-    "(BackendLogin.timed_out in src/mailgate/proxy/backend_login.py)",
-)
 def test_a_backend_login_timeout_is_logged_in_nginxs_words(
     stalled: dict[ProxyKind, tuple[bytes, str]],
 ) -> None:

@@ -31,6 +31,8 @@ SMTP_ERROR = b"451 4.3.2 Internal server error\r\n"
 # A dialogue: each backend reply, and what the engine answers to it.
 Dialogue = Sequence[tuple[bytes, BackendLoginEvent]]
 
+UPSTREAM_TIMED_OUT = "upstream timed out (110: Connection timed out)"
+
 
 def pop3(password: bytes | None = b"secret", login: bytes = b"bob", **proxy: Any) -> Pop3BackendLogin:
     return Pop3BackendLogin(server_config(Protocol.POP3, **proxy), login=login, password=password)
@@ -223,13 +225,13 @@ def test_backend_closing_during_login_is_an_internal_error_without_log() -> None
 def test_timeout_is_logged_with_the_last_step_action() -> None:
     engine = pop3()
     play(engine, POP3_LOGIN[:1])
-    assert engine.timed_out() == Failed(LogLevel.INFO, "upstream timed out", POP3_ERROR)
+    assert engine.timed_out() == Failed(LogLevel.INFO, UPSTREAM_TIMED_OUT, POP3_ERROR)
     assert engine.action == "sending user name to upstream"
 
 
 def test_timeout_during_login_logs_upstream_timed_out() -> None:
     engine = imap()
-    assert engine.timed_out() == Failed(LogLevel.INFO, "upstream timed out", IMAP_ERROR)
+    assert engine.timed_out() == Failed(LogLevel.INFO, UPSTREAM_TIMED_OUT, IMAP_ERROR)
     assert engine.finished
 
 

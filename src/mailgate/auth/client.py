@@ -86,6 +86,9 @@ async def _exchange(server: ServerConfig, request: bytes, reader: AuthResponseRe
         else:
             stream_reader, writer = await asyncio.open_connection(url.host, url.port)
     except OSError as error:
+        if error.errno == errno.ECONNREFUSED:
+            # nginx connects without blocking and learns of the refusal from its first recv().
+            return InternalError(f"recv() failed ({_describe(error)})")
         return InternalError(f"connect() to {url.text} failed ({_describe(error)})")
     try:
         try:

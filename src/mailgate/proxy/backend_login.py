@@ -18,7 +18,9 @@ reply), and emptied after each step.
 from __future__ import annotations
 
 import base64
+import errno
 import ipaddress
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,6 +29,7 @@ from mailgate.config.model import LogLevel, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.lines import INTERNAL_ERROR
 
+_TIMED_OUT = f"{errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)}"
 SMTP_AUTH_OK = b"235 2.0.0 OK\r\n"
 
 
@@ -152,7 +155,7 @@ class BackendLogin(ABC):
 
     def timed_out(self) -> Failed:
         """The `timeout` read timer on the backend connection expired during the login."""
-        return self.fail(LogLevel.INFO, "upstream timed out")
+        return self.fail(LogLevel.INFO, f"upstream timed out ({_TIMED_OUT})")
 
     def _judge_buffer(self, unread: bytes) -> BackendLoginEvent | None:
         buffer = bytes(self._buffer)

@@ -94,6 +94,11 @@ class Peer(asyncio.Protocol):
     def is_closed(self) -> bool:
         return self._lost
 
+    @property
+    def receive_error(self) -> OSError | None:
+        """Why the connection was lost, when it was an error (a reset) rather than a close."""
+        return self._error if isinstance(self._error, OSError) else None
+
     async def read(self) -> bytes:
         """Everything received so far (waiting for at least one byte); b"" once the peer has closed."""
         while not self._buffer and not self._eof:
@@ -162,6 +167,7 @@ class RelayOutcome:
     reason: str  # "backend closed", "client closed", "timed out", "shutdown"
     client_to_backend: int
     backend_to_client: int
+    client_error: OSError | None = None  # the client's connection ended in an error (a reset)
 
 
 class Relay:
@@ -202,7 +208,9 @@ class Relay:
                 self._timer.cancel()
             client._relay = None
             backend._relay = None
-        return RelayOutcome(reason, self.client_to_backend, self.backend_to_client)
+        return RelayOutcome(
+            reason, self.client_to_backend, self.backend_to_client, self._client.receive_error
+        )
 
     def stop(self, reason: str) -> None:
         """End the relay from outside (a shutdown deadline): both sides are closed."""

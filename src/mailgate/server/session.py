@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import ssl
 import time
@@ -243,6 +244,8 @@ class Session:
         if outcome.reason == "backend closed" and self.client is not None and self.client.at_eof:
             # The client's close was passed on to the backend, which then closed: the client ended it.
             self.record.close_reason = "client closed"
+        if outcome.client_error is not None:
+            self._log_receive_error(outcome.client_error, "proxying and reading from client")
         if outcome.reason == "timed out":
             self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
         elif outcome.reason == "shutdown timeout":
@@ -419,8 +422,15 @@ class Session:
     async def _read_client(self, client: Peer, deadline: float) -> bytes:
         data = await self._until(client.read(), deadline)
         if not data:
+            if client.receive_error is not None:
+                self._log_receive_error(client.receive_error)
             self._end("client closed")
         return data
+
+    def _log_receive_error(self, error: OSError, action: str | None = None) -> None:
+        """A client connection that ended in an error, as nginx's recv() reports it (info)."""
+        number = error.errno or 0
+        self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
 
     async def _until(self, awaitable: Awaitable[T], deadline: float) -> T:
         """Await within the pre-auth deadline; past it, log `client timed out` and end the session."""
