@@ -8,6 +8,7 @@ hold back; ALPN, SNI and renegotiation use `openssl s_client` (`-alpn`, `-server
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from tests.e2e_tls.support import (
     running_both,
     s_client,
 )
-from tests.support.loopback import IPV4_LOOPBACK
+from tests.support.loopback import IPV4_LOOPBACK, wait_until
 from tests.tls.support import Pki
 
 pytestmark = pytest.mark.nginx
@@ -266,3 +267,31 @@ def test_client_renegotiation_is_refused(proxies: dict[str, Proxy], mode: str) -
         assert "RENEGOTIATING" in run.output
         assert "no renegotiation" in run.stderr, f"{kind}: {run.output}"
         still_serves(proxies[kind])
+
+
+def ssl_read_failures(proxy: Proxy) -> list[str]:
+    """Failed reads logged for sessions after STARTTLS."""
+    lines = proxy.log_text().splitlines()
+    return [line for line in lines if "SSL_read() failed (" in line and " using starttls," in line]
+
+
+def test_client_alert_after_a_refused_renegotiation_is_logged_as_an_ssl_read_failure(
+    proxies: dict[str, Proxy],
+) -> None:
+    """s_client answers the no_renegotiation alert with a fatal alert of its own; nginx logs the failed
+    SSL_read() with OpenSSL's reason (mailgate once logged it as `recv() failed (1: Operation not permitted)`,
+    OpenSSL's SSL_ERROR_SSL taken for an errno)."""
+    for kind in KINDS:
+        run = s_client(
+            proxies[kind].port("imap_on"), "-tls1_2", "-starttls", "imap", typed=b"R\n", commands=True
+        )
+        assert "no renegotiation" in run.stderr, f"{kind}: {run.output}"
+    for kind in KINDS:
+        proxy = proxies[kind]
+        assert wait_until(functools.partial(ssl_read_failures, proxy), READ_TIMEOUT), (
+            f"{kind}:\n{proxy.log_text()}"
+        )
+        failure = ssl_read_failures(proxy)[0]
+        assert "alert handshake failure" in failure.lower(), failure
+        assert " while in auth state, client: 127.0.0.1 using starttls, server: " in failure, failure
+        assert "Operation not permitted" not in proxy.log_text()

@@ -428,7 +428,10 @@ class Session:
         return data
 
     def _log_receive_error(self, error: OSError, action: str | None = None) -> None:
-        """A client connection that ended in an error, as nginx's recv() reports it (info)."""
+        """A client connection that ended in an error, as nginx's recv() or SSL_read() reports it (info)."""
+        if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's SSL_ERROR_* code, not an OS errno
+            self._log(LogLevel.INFO, f"SSL_read() failed ({error})", action)
+            return
         number = error.errno or 0
         self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
 
