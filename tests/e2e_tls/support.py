@@ -51,9 +51,9 @@ mail {
 """
 
 
-def mail_config(body: str, head: str = MAIL_HEAD) -> str:
+def mail_config(body: str) -> str:
     """A whole configuration: the common `mail {` head, then `body` (servers, more directives), then `}`."""
-    return head + body + "}\n"
+    return MAIL_HEAD + body + "}\n"
 
 
 @dataclass
@@ -161,7 +161,6 @@ def client_context(
     *,
     certificate: tuple[Path, Path] | None = None,
     version: ssl.TLSVersion | None = None,
-    ciphers: str | None = None,
     alpn: Sequence[str] = (),
 ) -> ssl.SSLContext:
     """A client context that does not check the server (these tests are about the server's side)."""
@@ -173,8 +172,6 @@ def client_context(
     if version is not None:
         context.minimum_version = version
         context.maximum_version = version
-    if ciphers is not None:
-        context.set_ciphers(ciphers)
     if alpn:
         context.set_alpn_protocols(list(alpn))
     return context
