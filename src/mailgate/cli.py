@@ -304,16 +304,13 @@ def _check_tls(config: Config) -> None:
     """Build the TLS context of every server that needs one, as nginx does while reading the file.
 
     This is where unreadable certificates, wrong key passwords and bad cipher strings are found.
-    Relative `ssl_conf_command` files resolve against the main configuration file's directory.
     """
-    servers = [server for server in config.mail.servers if server.needs_tls] if config.mail else []
-    if not servers:
+    if config.mail is None or not any(server.needs_tls for server in config.mail.servers):
         return
     # Imported here: OpenSSL's bindings cost a noticeable part of every start without TLS.
-    from mailgate.tls import build_server_context
+    from mailgate.server.generation import build_tls
 
-    for server in servers:
-        build_server_context(server, prefix=config.conf_file.parent)
+    build_tls(config)
 
 
 def _error_log_files(config: Config) -> list[Path]:
