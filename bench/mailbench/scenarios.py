@@ -58,13 +58,13 @@ def all_scenarios(fetch_bytes: int, idle_connections: int) -> list[Scenario]:
     for version in ("1.2", "1.3"):
         rows += _latency_rows(
             f"resume-{version}-ticket", f"resumed TLS {version}, ticket", "handshake", "imaps_ecdsa",
-            options=("-v", version, "-r", "ticket"),
+            options=("-v", version, "-r", "ticket"), targets=("rate",), delayed_targets=("rate",),
         )  # fmt: skip
         # TLS 1.2 resumes by session id when the client refuses tickets; TLS 1.3 when the server issues
         # stateful tickets (ssl_session_tickets off): both are the session cache.
         rows += _latency_rows(
             f"resume-{version}-cache", f"resumed TLS {version}, session cache", "handshake", "imaps_stateful",
-            options=("-v", version, "-r", "cache"),
+            options=("-v", version, "-r", "cache"), targets=("rate",), delayed_targets=("rate",),
         )  # fmt: skip
     for concurrency in (1, 16, 64):
         rows += _latency_rows(
