@@ -62,7 +62,10 @@ class Peer(asyncio.Protocol):
         self._wake_reader()
         if self._relay is not None:
             self._relay.end_of_input(self)
-        return True  # keep our sending side open: a half-closed client still gets its replies
+        # Keep our sending side open so a half-closed client still gets its replies. TLS has no half-close:
+        # its transport closes after EOF whatever we answer, and warns when told otherwise.
+        transport = self.transport
+        return transport is None or transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
