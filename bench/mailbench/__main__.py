@@ -20,7 +20,7 @@ from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, WORKERS, Ports, m
 from mailbench.record import RunRecord
 from mailbench.report import Row, Side, chart, text_table
 from mailbench.scenarios import MIB, Load, Measurement, Scenario, all_scenarios, measure
-from mailbench.servers import BenchError, Server, run_responder, run_server, server_argv
+from mailbench.servers import BenchError, Server, cpu_seconds, run_responder, run_server, server_argv
 
 BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
@@ -189,7 +189,9 @@ def main(argv: list[str]) -> int:
     load = Load(args.seconds, args.max_sessions, args.bulk_sessions, args.idle)
     binaries = {"nginx": args.nginx, "mailgate": args.mailgate}
     with ExitStack() as stack:
-        stack.enter_context(run_responder(responder, ports.responder_args(), workdir / "responder.log"))
+        responder_process = stack.enter_context(
+            run_responder(responder, ports.responder_args(), workdir / "responder.log")
+        )
         servers = []
         for name, b in bases.items():
             prefix = workdir / name
@@ -207,7 +209,11 @@ def main(argv: list[str]) -> int:
         warmup = Load(1.0, 2000, 1, 100)
         for server in servers:
             measure(loadgen, all_scenarios(MIB, 100)[0], server, warmup)
+        responder_before = sum(cpu_seconds([responder_process.pid]))
+        servers_before = sum(sum(server.cpu_seconds()) for server in servers)
         rows = run_table(selected, servers, loadgen, load, args.rounds)
+        responder_cpu = sum(cpu_seconds([responder_process.pid])) - responder_before
+        servers_cpu = sum(sum(server.cpu_seconds()) for server in servers) - servers_before
         print(text_table(rows))
         profiles: list[profile.Profile] = []
         if not args.no_profile:
@@ -232,6 +238,10 @@ def main(argv: list[str]) -> int:
     facts = machine_facts(args.nginx, args.mailgate)
     for name, count in processes.items():
         facts[f"{name} processes"] = f"{count} (master and workers; configured: worker_processes {WORKERS})"
+    if servers_cpu > 0:  # idle rounds restart the servers, so this undercounts them: a bound, not a share
+        facts["auth and backend responder CPU"] = (
+            f"{responder_cpu:.1f} s over the table, against at least {servers_cpu:.1f} s for the two servers"
+        )
     record = RunRecord(
         command=("bench/run " + " ".join(argv)).strip(),
         when=time.strftime("%Y-%m-%d %H:%M %Z"),
