@@ -107,13 +107,25 @@ def start_auth_service(password: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, start_new_session=True)
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # TERM/HUP end the quickstart like Ctrl-C: everything it started is stopped
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
     password = secrets.token_urlsafe(12)
     test = subprocess.run([str(BIN / "mailgate"), "-p", str(PREFIX), "-t", "-q"], check=False)
     if test.returncode != 0:
         return test.returncode
-    helpers = [process for process in (start_dovecot(password), start_auth_service(password)) if process]
-    time.sleep(1)
+    helpers: list[subprocess.Popen[bytes]] = []
+    try:
+        helpers += [process for process in (start_dovecot(password), start_auth_service(password)) if process]
+        time.sleep(1)
+    except BaseException:
+        for helper in helpers:
+            helper.terminate()
+        raise
     print(
         f"""
 mailgate runs on its embedded default configuration (prefix {PREFIX}; `mailgate -T` prints it):
@@ -127,12 +139,13 @@ Logs: {PREFIX}/logs/error.log. Ctrl-C stops mailgate, the auth service and the d
 """,
         flush=True,
     )
-    mailgate = subprocess.Popen([str(BIN / "mailgate"), "-p", str(PREFIX), "-g", "daemon off;"])
     try:
-        return mailgate.wait()
-    except KeyboardInterrupt:
-        mailgate.send_signal(signal.SIGQUIT)
-        return mailgate.wait()
+        mailgate = subprocess.Popen([str(BIN / "mailgate"), "-p", str(PREFIX), "-g", "daemon off;"])
+        try:
+            return mailgate.wait()
+        except KeyboardInterrupt:
+            mailgate.send_signal(signal.SIGQUIT)
+            return mailgate.wait()
     finally:
         for helper in helpers:
             helper.terminate()
