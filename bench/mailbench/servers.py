@@ -144,6 +144,13 @@ class Server:
         pids = self.pids
         return pids[1:] or pids
 
+    def wait_processes(self, expected: int, timeout: float = 10.0) -> int:
+        """How many processes the server runs, once `expected` exist (workers fork after the ports listen)."""
+        deadline = time.monotonic() + timeout
+        while len(self.pids) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.pids)
+
     def cpu_seconds(self) -> tuple[float, float]:
         return cpu_seconds(self.pids)
 
