@@ -172,7 +172,7 @@ class Listen:
     family: socket.AddressFamily
     host: str  # "0.0.0.0", "::", "127.0.0.1", "::1", or the UNIX socket path
     port: int  # 0 for UNIX sockets
-    text: str  # as nginx prints it: "*:993", "127.0.0.1:993", "[::1]:993", "unix:/path"
+    text: str  # as nginx prints it: "0.0.0.0:993", "127.0.0.1:993", "[::1]:993", "unix:/path"
     wildcard: bool
     ssl: bool = False
     proxy_protocol: bool = False

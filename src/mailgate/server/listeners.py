@@ -87,6 +87,9 @@ def plan_listeners(servers: Iterable[ServerConfig]) -> list[ListenerPlan]:
                 listen = endpoint.listen
                 if listen.family == socket.AF_INET and listen.port == port and not listen.bind:
                     plan.specific.setdefault((listen.host, listen.port), endpoint)
+    # nginx opens wildcard sockets last; on Linux a wildcard and a `bind` address cannot both listen on one
+    # port, and the failure then names the wildcard, as nginx's does.
+    plans.sort(key=lambda plan: plan.listen.wildcard)
     return plans
 
 
