@@ -88,17 +88,9 @@ ALERT = 21  # TLS record type of an alert; a fatal one is 7 bytes on the wire
 
 
 def answer_to_garbage(sock: socket.socket) -> bytes:
-    """What the server sends until it closes; after a whole alert record the client closes its side first,
-    as a TLS client does on a fatal alert. (nginx closes right after its alert; mailgate keeps the connection
-    until the client closes or the handshake times out, so a silent client would wait here.)"""
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-            if len(received) >= 7 and received[0] == ALERT:
-                sock.shutdown(socket.SHUT_WR)
-                return received + until_closed(sock)
-    return received
+    """What the server sends until it closes (an alert, or nothing, then the close: nginx does not wait for
+    the client's answer to its alert, nor does mailgate)."""
+    return until_closed(sock)
 
 
 # --- garbage instead of a ClientHello ---------------------------------------------------------------------
@@ -126,6 +118,35 @@ def test_garbage_instead_of_a_client_hello_ends_only_that_session(
     # Whatever OpenSSL says (an alert, or nothing), mailgate says the same, and never a mail reply.
     assert answers["mailgate"] == answers["nginx"]
     assert not answers["mailgate"].startswith((b"*", b"a "))
+
+
+def alpn_h2_client_hello() -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(alpn=["h2"]).wrap_bio(incoming, outgoing, server_hostname=SERVER_NAME)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+SILENT_CLIENT_TIMEOUT = 10.0  # far below the servers' handshake timeout (`timeout`, 60 s by default)
+
+
+@pytest.mark.parametrize("mode", ["ssl", "on"])
+@pytest.mark.parametrize("hello", ["broken client hello", "alpn h2"])
+def test_failed_handshake_sends_its_alert_and_closes_without_waiting_for_a_silent_client(
+    proxies: dict[str, Proxy], hello: str, mode: str
+) -> None:
+    """The client sends its ClientHello and then waits for the server: it gets the fatal alert and the close
+    at once, not when the handshake times out (a recv() timing out here fails the test)."""
+    data = GARBAGE[hello] if hello in GARBAGE else alpn_h2_client_hello()
+    answers = {}
+    for kind in KINDS:
+        with open_plain(proxies[kind], mode) as sock:
+            sock.settimeout(SILENT_CLIENT_TIMEOUT)
+            sock.sendall(data)
+            answers[kind] = until_closed(sock)
+    assert answers["mailgate"] == answers["nginx"]
+    assert len(answers["mailgate"]) == 7 and answers["mailgate"][0] == ALERT
 
 
 # --- handshakes cut at each step --------------------------------------------------------------------------

@@ -24,7 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mailgate.config import model
-from mailgate.tls import CertCheck, ServerTls, TlsFacts, check_client_certificate, tls_facts
+from mailgate.tls import (
+    CertCheck,
+    ServerTls,
+    TlsFacts,
+    TlsLogLine,
+    check_client_certificate,
+    handshake_failure,
+    set_client_socket,
+    tls_facts,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Certificates
@@ -203,37 +212,96 @@ class Accepted:
     facts: TlsFacts
 
 
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 @dataclass
 class TlsServer:
+    """Accepts as mailgate's sessions do: the socket is named to the TLS layer, then handed to uvloop."""
+
     tls: ServerTls
     port: int = 0
     accepted: queue.Queue[Accepted] = field(default_factory=queue.Queue)
+    failures: queue.Queue[TlsLogLine | None] = field(default_factory=queue.Queue)  # None: timed out
     errors: queue.Queue[BaseException] = field(default_factory=queue.Queue)
+    closed: queue.Queue[None] = field(default_factory=queue.Queue)  # one entry per connection that ended
+    handshake_timeout: float = 10.0
+    waits_for_the_client: bool = False  # greet, then let the client end the connection
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        connections: set[asyncio.Task[None]] = set()
+        while True:
+            sock, _address = await loop.sock_accept(listener)
+            task = loop.create_task(self._handle(sock))
+            connections.add(task)
+            task.add_done_callback(connections.discard)
+
+    async def _handle(self, sock: socket.socket) -> None:
         try:
-            ssl_object = writer.get_extra_info("ssl_object")
+            await self._session(sock)
+        finally:
+            self.closed.put(None)
+
+    async def _session(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        set_client_socket(sock)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                _Connection, sock, ssl=self.tls.context, ssl_handshake_timeout=self.handshake_timeout
+            )
+        except (ssl.SSLError, OSError) as error:
+            self.failures.put(handshake_failure(error))
+            return
+        protocol = transport.get_protocol()  # uvloop returns its SSLProtocol; the transport knows ours
+        assert isinstance(protocol, _Connection)
+        try:
+            ssl_object = transport.get_extra_info("ssl_object")
             check = check_client_certificate(ssl_object, self.tls.server)
             facts = tls_facts(ssl_object, self.tls.server)
             self.accepted.put(Accepted(check, facts))
-            writer.write(check.reply(self.tls.server.protocol) or b"* OK ready\r\n")
-            await writer.drain()
+            transport.write(check.reply(self.tls.server.protocol) or b"* OK ready\r\n")
+            if not self.waits_for_the_client:
+                transport.close()
+            await protocol.closed
         except Exception as error:
             self.errors.put(error)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            transport.abort()
 
     def next_accepted(self) -> Accepted:
         return self.accepted.get(timeout=10)
 
+    def next_failure(self) -> TlsLogLine | None:
+        """nginx's line for the next handshake that failed (None for one that timed out)."""
+        return self.failures.get(timeout=10)
+
+    def wait_closed(self) -> None:
+        """Until the server is done with its next connection."""
+        self.closed.get(timeout=10)
+
 
 @contextlib.contextmanager
-def serving(tls: ServerTls, sock: socket.socket | None = None) -> Iterator[TlsServer]:
-    """Run a uvloop TLS server with `tls.context` in a thread, on 127.0.0.1 and a free port."""
-    server = TlsServer(tls)
+def serving(
+    tls: ServerTls,
+    sock: socket.socket | None = None,
+    *,
+    handshake_timeout: float = 10.0,
+    waits_for_the_client: bool = False,
+) -> Iterator[TlsServer]:
+    """Run a uvloop TLS server with `tls.context` in a thread, on 127.0.0.1 and a free port.
+
+    It greets each client over TLS (`* OK ready` or the certificate check's refusal) and closes, or with
+    `waits_for_the_client` leaves the end to the client.
+    """
+    server = TlsServer(tls, handshake_timeout=handshake_timeout, waits_for_the_client=waits_for_the_client)
     listener = sock or socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
     server.port = listener.getsockname()[1]
     loop = uvloop.new_event_loop()
     started = threading.Event()
@@ -241,9 +309,8 @@ def serving(tls: ServerTls, sock: socket.socket | None = None) -> Iterator[TlsSe
 
     async def main() -> None:
         handle["task"] = asyncio.current_task()
-        async with await asyncio.start_server(server._handle, sock=listener, ssl=tls.context) as tcp_server:
-            started.set()
-            await tcp_server.serve_forever()
+        started.set()
+        await server._serve(listener)
 
     def run() -> None:
         with contextlib.suppress(asyncio.CancelledError):
@@ -259,6 +326,7 @@ def serving(tls: ServerTls, sock: socket.socket | None = None) -> Iterator[TlsSe
         thread.join(10)
         if not thread.is_alive():
             loop.close()
+        listener.close()
     if not server.errors.empty():
         raise server.errors.get()
 

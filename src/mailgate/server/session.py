@@ -41,7 +41,14 @@ from mailgate.proxy.proxy_protocol import (
     read_proxy_header,
 )
 from mailgate.proxy.relay import Peer, Relay, RelayOutcome
-from mailgate.tls import ServerTls, TlsFacts, check_client_certificate, tls_facts
+from mailgate.tls import (
+    ServerTls,
+    TlsFacts,
+    check_client_certificate,
+    handshake_failure,
+    set_client_socket,
+    tls_facts,
+)
 
 T = TypeVar("T")
 
@@ -278,6 +285,7 @@ class Session:
     async def _open_client(self, deadline: float) -> Peer:
         context = self._tls_context() if self.listen.ssl else None
         remaining = max(0.001, deadline - self.loop.time())
+        set_client_socket(self.sock)  # before the loop takes it: a TLS failure then sends its alert at once
         try:
             transport, _ = await self.loop.connect_accepted_socket(
                 Peer, self.sock, ssl=context, ssl_handshake_timeout=remaining if context else None
@@ -285,16 +293,22 @@ class Session:
             # uvloop returns its SSLProtocol rather than ours when ssl is given; the transport knows ours.
             client = transport.get_protocol()
             assert isinstance(client, Peer)
-        except TimeoutError:
-            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
-            self._end("timed out")
-        except (ssl.SSLError, ConnectionError, OSError) as error:
-            self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
-            self._end("TLS handshake failed")
+        except (ssl.SSLError, OSError) as error:
+            if context is None:
+                raise
+            self._handshake_failed(error)
         self.client = client
         if context is not None:
             self.tls = self._read_tls_facts(client)
         return client
+
+    def _handshake_failed(self, error: BaseException) -> NoReturn:
+        """Log as nginx does (nothing for a timeout) and end the session."""
+        line = handshake_failure(error)
+        if line is None:
+            self._end("timed out")
+        self._log(line.level, line.message)
+        self._end("TLS handshake failed")
 
     def _tls_context(self) -> ssl.SSLContext:
         assert self.runtime.tls is not None, "a server with TLS listeners always has a context"
@@ -338,12 +352,8 @@ class Session:
                 server_side=True,
                 ssl_handshake_timeout=remaining,
             )
-        except TimeoutError:
-            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
-            self._end("timed out")
-        except (ssl.SSLError, ConnectionError, OSError) as error:
-            self._log(LogLevel.INFO, f"SSL_do_handshake() failed ({error})")
-            self._end("TLS handshake failed")
+        except (ssl.SSLError, OSError) as error:
+            self._handshake_failed(error)
         if transport is None:
             self._end("client closed")
         client.transport = transport

@@ -1,7 +1,8 @@
 """TLS: an SSLContext per server from its configuration, plus the libssl calls Python's ssl lacks.
 
     tls = build_server_context(server)          # at configuration time (and for `-t`); ConfigError on failure
-    ... asyncio/uvloop handshake with tls.context ...
+    set_client_socket(sock)                     # in the connection's task, before the event loop wraps sock
+    ... asyncio/uvloop handshake with tls.context ...   # a failure: handshake_failure(error) is nginx's line
     check = check_client_certificate(ssl_object, server)
     facts = tls_facts(ssl_object, server)
 
@@ -11,17 +12,23 @@ The process model calls `after_fork()` in every child right after fork().
 from mailgate.tls.connection import CertCheck, CertStatus, check_client_certificate, tls_facts
 from mailgate.tls.context import ServerTls, build_server_context
 from mailgate.tls.facts import ClientCertificate, TlsFacts
+from mailgate.tls.failures import TlsError, TlsLogLine, handshake_failure
 from mailgate.tls.sessions import after_fork, set_shared_cache_directory, shared_cache_directory
+from mailgate.tls.sslobject import set_client_socket
 
 __all__ = [
     "CertCheck",
     "CertStatus",
     "ClientCertificate",
     "ServerTls",
+    "TlsError",
     "TlsFacts",
+    "TlsLogLine",
     "after_fork",
     "build_server_context",
     "check_client_certificate",
+    "handshake_failure",
+    "set_client_socket",
     "set_shared_cache_directory",
     "shared_cache_directory",
     "tls_facts",

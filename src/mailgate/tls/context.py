@@ -69,6 +69,7 @@ from mailgate.tls.libssl import (
     ssl_ctx_of,
 )
 from mailgate.tls.sessions import SharedSessionCache, shared_cache
+from mailgate.tls.sslobject import ClientSSLObject
 from mailgate.tls.tickets import TicketKeyRing, read_ticket_key_file
 
 _PROTOCOL_OPTIONS = (
@@ -98,41 +99,6 @@ class ServerTls:
     session_id_context: bytes  # what nginx would compute: SHA-1 of "MAIL", certificates, client CA names
     shared_cache: SharedSessionCache | None = None
     warnings: tuple[str, ...] = ()  # nginx's [warn] lines for this context (the caller logs them)
-
-
-class AlertFlushingSSLObject(ssl.SSLObject):
-    """An SSLObject whose failed server handshake still puts OpenSSL's fatal alert on the wire.
-
-    asyncio and uvloop close the transport as soon as `do_handshake()` raises, dropping the alert OpenSSL
-    left in the outgoing buffer (nginx, writing to the socket directly, sends it: e.g. no_application_protocol
-    for a wrong ALPN list). So the first failure is reported as "want read", which makes the event loop flush
-    the outgoing buffer; the next call (the client's answer to the alert, or its EOF) raises the real error.
-    """
-
-    _outgoing: ssl.MemoryBIO
-    _handshake_error: ssl.SSLError | None
-
-    @classmethod
-    def _create(
-        cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: object, **kwargs: object
-    ) -> AlertFlushingSSLObject:
-        self: AlertFlushingSSLObject = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
-        self._outgoing = outgoing
-        self._handshake_error = None
-        return self
-
-    def do_handshake(self) -> None:
-        if self._handshake_error is not None:
-            raise self._handshake_error
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError as error:
-            if not self._outgoing.pending:
-                raise
-            self._handshake_error = error
-            raise ssl.SSLWantReadError("sending the alert before failing the handshake") from error
 
 
 @dataclass(frozen=True)
@@ -180,7 +146,7 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
 
     crypto.ERR_clear_error()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.sslobject_class = AlertFlushingSSLObject
+    context.sslobject_class = ClientSSLObject
     ctx = ssl_ctx_of(context)
     _set_fixed_options(ctx, settings.protocols)
     libssl.SSL_CTX_set_info_callback(ctx, pointer_of(callbacks.INFO))

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import ssl
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_long, c_ubyte, c_uint, c_uint64, c_ulong, c_void_p
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -56,6 +57,7 @@ _LIBCRYPTO: list[tuple[Any, ...]] = [
     ("ERR_peek_last_error", c_ulong),
     ("ERR_clear_error", None),
     ("ERR_peek_error_data", c_ulong, POINTER(c_char_p), POINTER(c_int)),
+    ("ERR_peek_last_error_data", c_ulong, POINTER(c_char_p), POINTER(c_int)),
     ("ERR_error_string_n", None, c_ulong, c_char_p, ctypes.c_size_t),
     ("BIO_new_file", c_void_p, c_char_p, c_char_p),
     ("BIO_new_mem_buf", c_void_p, c_void_p, c_int),
@@ -124,6 +126,7 @@ _LIBCRYPTO: list[tuple[Any, ...]] = [
 ]
 
 _LIBSSL: list[tuple[Any, ...]] = [
+    ("OPENSSL_init_ssl", c_int, c_uint64, c_void_p),
     ("TLS_server_method", c_void_p),
     ("SSL_CTX_new", c_void_p, c_void_p),
     ("SSL_CTX_free", None, c_void_p),
@@ -160,6 +163,11 @@ _LIBSSL: list[tuple[Any, ...]] = [
     ("SSL_CONF_cmd_value_type", c_int, c_void_p, c_char_p),
     ("SSL_CONF_CTX_finish", c_int, c_void_p),
     ("SSL_get_SSL_CTX", c_void_p, c_void_p),
+    ("SSL_do_handshake", c_int, c_void_p),
+    ("SSL_get_error", c_int, c_void_p, c_int),
+    ("SSL_in_init", c_int, c_void_p),
+    ("SSL_get_shutdown", c_int, c_void_p),
+    ("SSL_set_shutdown", None, c_void_p, c_int),
     ("SSL_version", c_int, c_void_p),
     ("SSL_get_options", c_uint64, c_void_p),
     ("SSL_get_verify_result", c_long, c_void_p),
@@ -191,6 +199,12 @@ if crypto.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
         f"mailgate: the OpenSSL library found for ctypes (version number {crypto.OpenSSL_version_num():#x}) "
         f"is not the one Python's ssl module uses ({ssl.OPENSSL_VERSION}, {ssl.OPENSSL_VERSION_NUMBER:#x})"
     )
+
+# Error texts for every library, as nginx's startup loads them (OpenSSL otherwise loads the SSL library's
+# only with the first SSL_CTX, and `reason(1046)` would stand for `sslv3 alert certificate unknown`).
+_OPENSSL_INIT_LOAD_CRYPTO_STRINGS = 0x00000002
+_OPENSSL_INIT_LOAD_SSL_STRINGS = 0x00200000
+libssl.OPENSSL_init_ssl(_OPENSSL_INIT_LOAD_CRYPTO_STRINGS | _OPENSSL_INIT_LOAD_SSL_STRINGS, None)
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants (OpenSSL 3.0 headers)
@@ -240,6 +254,21 @@ SSL_SESS_CACHE_NO_INTERNAL_STORE = 0x200
 SSL_SESS_CACHE_NO_INTERNAL = SSL_SESS_CACHE_NO_INTERNAL_LOOKUP | SSL_SESS_CACHE_NO_INTERNAL_STORE
 
 SSL_CB_ACCEPT_LOOP = 0x2001
+SSL_CB_READ = 0x04
+SSL_CB_ALERT = 0x4000
+SSL3_AL_FATAL = 2
+SSL_AD_REASON_OFFSET = 1000  # the reason code of a received alert is this plus the alert's number
+
+SSL_ERROR_SSL = 1
+SSL_ERROR_WANT_READ = 2
+SSL_ERROR_WANT_WRITE = 3
+SSL_ERROR_SYSCALL = 5
+SSL_ERROR_ZERO_RETURN = 6
+
+SSL_SENT_SHUTDOWN = 1
+SSL_RECEIVED_SHUTDOWN = 2
+
+ERR_LIB_SSL = 20
 
 SSL_TLSEXT_ERR_OK = 0
 SSL_TLSEXT_ERR_ALERT_FATAL = 2
@@ -326,26 +355,90 @@ def ssl_of(ssl_object: ssl.SSLObject) -> int:
 # Small helpers over the raw calls
 
 
-def error_suffix() -> str:
-    """nginx's ` (SSL: error:...)` text for the queued OpenSSL errors, emptying the queue; "" if none."""
-    if not crypto.ERR_peek_error():
-        return ""
-    parts: list[str] = []
+@dataclass(frozen=True)
+class QueuedError:
+    """One entry of OpenSSL's error queue: its packed code and nginx's text for it."""
+
+    code: int
+    text: str  # `error:0A00010B:SSL routines::wrong version number`, `:data` appended when there is some
+
+    @property
+    def reason(self) -> int:
+        """OpenSSL's ERR_GET_REASON (whatever the library, as nginx compares it)."""
+        if self.code & _ERR_SYSTEM_FLAG:
+            return self.code & _ERR_SYSTEM_MASK
+        return self.code & _ERR_REASON_MASK
+
+
+_ERR_SYSTEM_FLAG = 0x80000000
+_ERR_SYSTEM_MASK = 0x7FFFFFFF
+_ERR_REASON_MASK = 0x7FFFFF
+_ERR_LIB_OFFSET = 23
+_ERR_TXT_STRING = 0x02
+
+
+def error_string(code: int) -> str:
+    """ERR_error_string_n: `error:0A000416:SSL routines::sslv3 alert certificate unknown`."""
     buffer = ctypes.create_string_buffer(256)
+    crypto.ERR_error_string_n(code, buffer, len(buffer))
+    return buffer.value.decode("utf-8", "replace")
+
+
+def ssl_error_code(reason: int) -> int:
+    """The packed code of a reason of the SSL library (ERR_PACK(ERR_LIB_SSL, 0, reason))."""
+    return (ERR_LIB_SSL << _ERR_LIB_OFFSET) | (reason & _ERR_REASON_MASK)
+
+
+def _queued_error(code: int, data: c_char_p, flags: c_int) -> QueuedError:
+    text = error_string(code)
+    # Only text data (ERR_TXT_STRING) is worth showing, as nginx's ngx_ssl_error decides.
+    if data.value and flags.value & _ERR_TXT_STRING:
+        text += ":" + data.value.decode("utf-8", "replace")
+    return QueuedError(code, text)
+
+
+def take_errors() -> list[QueuedError]:
+    """Every error queued in this thread, oldest first, emptying the queue (as nginx's ngx_ssl_error)."""
+    errors: list[QueuedError] = []
     while True:
         data = c_char_p()
         flags = c_int()
         code = crypto.ERR_peek_error_data(ctypes.byref(data), ctypes.byref(flags))
         if code == 0:
-            break
-        crypto.ERR_error_string_n(code, buffer, len(buffer))
-        text = buffer.value.decode("utf-8", "replace")
-        # ERR_TXT_STRING (0x02): the extra data is text worth showing
-        if data.value and flags.value & 0x02:
-            text += ":" + data.value.decode("utf-8", "replace")
-        parts.append(text)
+            return errors
+        errors.append(_queued_error(code, data, flags))
         crypto.ERR_get_error()
-    return " (SSL: " + " ".join(parts) + ")"
+
+
+def peek_errors() -> list[QueuedError]:
+    """The oldest and the newest queued error (one if they are the same), leaving the queue as it is.
+
+    OpenSSL can show no other entry without taking it, and OpenSSL itself still needs the queue
+    (SSL_get_error reads it) when a callback looks.
+    """
+    data, flags = c_char_p(), c_int()
+    first = crypto.ERR_peek_error_data(ctypes.byref(data), ctypes.byref(flags))
+    if first == 0:
+        return []
+    errors = [_queued_error(first, data, flags)]
+    data, flags = c_char_p(), c_int()
+    last = crypto.ERR_peek_last_error_data(ctypes.byref(data), ctypes.byref(flags))
+    newest = _queued_error(last, data, flags)
+    if newest != errors[0]:
+        errors.append(newest)
+    return errors
+
+
+def errors_text(errors: list[QueuedError]) -> str:
+    """nginx's ` (SSL: ...)` for queued errors (entries joined by a space); "" for none."""
+    if not errors:
+        return ""
+    return " (SSL: " + " ".join(error.text for error in errors) + ")"
+
+
+def error_suffix() -> str:
+    """nginx's ` (SSL: error:...)` text for the queued OpenSSL errors, emptying the queue; "" if none."""
+    return errors_text(take_errors())
 
 
 def last_error_is_pem_no_start_line() -> bool:

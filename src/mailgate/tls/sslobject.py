@@ -1,0 +1,84 @@
+"""The SSLObject the event loop gets for each client connection, made to fail and close as nginx does.
+
+asyncio and uvloop drive the handshake on memory BIOs and drop the connection as soon as an SSL call
+raises, leaving OpenSSL's fatal alert unsent in the outgoing BIO. `ClientSSLObject` therefore runs the
+handshake through the binding, so that a failure is described from OpenSSL's error queue as nginx describes
+it (`TlsError`), and writes the fatal alert to the socket itself before raising.
+
+The session names its socket with `set_client_socket` before the event loop wraps it; the event loop runs
+the connection's callbacks in a copy of that context, where the SSLObject finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from contextvars import ContextVar
+from typing import Any
+
+from mailgate.tls.failures import TlsError, peer_closed_in_handshake, ssl_call_failed
+from mailgate.tls.libssl import (
+    SSL_ERROR_SSL,
+    SSL_ERROR_SYSCALL,
+    SSL_ERROR_WANT_READ,
+    SSL_ERROR_WANT_WRITE,
+    crypto,
+    libssl,
+    ssl_of,
+    take_errors,
+)
+
+_client_socket: ContextVar[socket.socket | None] = ContextVar("mailgate_tls_client_socket", default=None)
+
+
+def set_client_socket(sock: socket.socket) -> None:
+    """Name the socket of the current task's client connection, before the event loop takes it (for
+    `listen ... ssl` and for a plain connection that may turn to STARTTLS alike)."""
+    _client_socket.set(sock)
+
+
+class ClientSSLObject(ssl.SSLObject):
+    """The server side of one client connection (see the module docstring)."""
+
+    _sslobj: Any  # the _ssl._SSLSocket Python's SSLObject wraps
+    _outgoing: ssl.MemoryBIO
+    _socket: socket.socket | None
+    _ssl: int
+
+    @classmethod
+    def _create(
+        cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any, **kwargs: Any
+    ) -> ClientSSLObject:
+        self: ClientSSLObject = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        self._outgoing = outgoing
+        self._socket = _client_socket.get()
+        self._ssl = ssl_of(self)
+        return self
+
+    def do_handshake(self) -> None:
+        crypto.ERR_clear_error()
+        result = libssl.SSL_do_handshake(self._ssl)
+        if result == 1:
+            self._sslobj.do_handshake()  # returns at once; Python's ssl sees the handshake completed
+            return
+        error = libssl.SSL_get_error(self._ssl, result)
+        if error == SSL_ERROR_WANT_READ:
+            raise ssl.SSLWantReadError(error, "The operation did not complete (read)")
+        if error == SSL_ERROR_WANT_WRITE:
+            raise ssl.SSLWantWriteError(error, "The operation did not complete (write)")
+        queued = take_errors()
+        if error in (SSL_ERROR_SSL, SSL_ERROR_SYSCALL) and queued:
+            line = ssl_call_failed("SSL_do_handshake()", queued)
+        else:  # nginx: SSL_ERROR_ZERO_RETURN, or nothing queued
+            line = peer_closed_in_handshake(None)
+        self._send_alert()
+        raise TlsError(line)
+
+    def _send_alert(self) -> None:
+        """Write what OpenSSL left in the outgoing BIO (its fatal alert) to the socket, without waiting: the
+        event loop closes the connection as soon as the failure is raised and would drop it."""
+        data = self._outgoing.read()
+        if data and self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.send(data, socket.MSG_DONTWAIT)
