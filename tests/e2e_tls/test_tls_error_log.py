@@ -1,7 +1,7 @@
 """TLS failures in the error_log, line for line as Debian's nginx 1.22 writes them: OpenSSL's error queue in
 nginx's words (`SSL_do_handshake() failed (SSL: error:0A00010B:SSL routines::wrong version number)`), nginx's
 level (info for what it counts as the client's doing, crit for the rest) and its action (`SSL handshaking`,
-`in starttls state`).
+`in starttls state`, `in auth state`, `proxying and reading from client`).
 
 Every case runs on both servers. The lines a case leaves are those logged before a marker (a refused login
 on a plain server) that the test sends once the case is over; timestamps, process and connection numbers are
@@ -11,6 +11,7 @@ dropped and ports named.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import ssl
@@ -319,3 +320,107 @@ def test_handshake_timeout_closes_without_a_line(servers: Servers, mode: str) ->
             silence(sock)
 
     assert both(servers, case, 0) == []
+
+
+# --- after the handshake ----------------------------------------------------------------------------------
+
+
+def tls_session(proxy: Proxy, mode: str) -> tuple[ssl.SSLSocket, socket.socket]:
+    """A TLS 1.2 session in the auth state, and a second handle on its socket to write raw records."""
+    sock = open_plain(proxy, "imap", mode)
+    tls = client_context(version=ssl.TLSVersion.TLSv1_2).wrap_socket(sock, server_hostname=SERVER_NAME)
+    if mode == "ssl":
+        assert tls.recv(1024) == GREETING
+    tls.sendall(b"n NOOP\r\n")
+    assert tls.recv(1024) == b"n OK completed\r\n"
+    raw = socket.socket(fileno=os.dup(tls.fileno()))
+    raw.settimeout(READ_TIMEOUT)
+    return tls, raw
+
+
+BOGUS_RECORD = b"\x17\x03\x03\x00\x20" + b"x" * 32  # application data that does not decrypt
+AUTH_CONTEXT = {
+    "ssl": " while in auth state, client: 127.0.0.1, server: 127.0.0.1:imap_ssl",
+    "on": " while in auth state, client: 127.0.0.1 using starttls, server: 127.0.0.1:imap_on",
+}
+
+
+@pytest.mark.parametrize("mode", ["ssl", "on"], ids=["implicit", "starttls"])
+def test_record_that_does_not_decrypt_is_crit_with_every_queued_error_and_gets_its_alert(
+    servers: Servers, mode: str
+) -> None:
+    """nginx 1.22 classes the failure by the first queued error, the provider's, which its list lacks."""
+    answers = []
+
+    def case(proxy: Proxy) -> None:
+        tls, raw = tls_session(proxy, mode)
+        with tls, raw:
+            raw.sendall(BOGUS_RECORD)
+            answers.append(until_closed(raw))
+
+    lines = both(servers, case, 1)
+    assert lines == [
+        "[crit] SSL_read() failed (SSL: error:1C800066:Provider routines::cipher operation failed"
+        " error:0A000119:SSL routines::decryption failed or bad record mac)" + AUTH_CONTEXT[mode]
+    ]
+    # Each server answered with one encrypted fatal alert (bad_record_mac) before closing.
+    assert [answer[:3] for answer in answers] == [b"\x15\x03\x03"] * 2
+    assert len(answers[0]) == len(answers[1]) == 5 + int.from_bytes(answers[0][3:5], "big")
+
+
+@pytest.mark.parametrize("mode", ["ssl", "on"], ids=["implicit", "starttls"])
+@pytest.mark.parametrize("ending", ["reset", "close without close_notify"])
+def test_tls_client_leaving_in_the_auth_state_leaves_no_line(
+    servers: Servers, mode: str, ending: str
+) -> None:
+    """nginx's SSL_read() takes the end of the connection, reset or not, for the client's clean close."""
+
+    def case(proxy: Proxy) -> None:
+        tls, raw = tls_session(proxy, mode)
+        raw.close()
+        if ending == "reset":
+            reset(tls)
+        else:
+            tls.close()
+
+    assert both(servers, case, 0) == []
+
+
+# --- while relaying ---------------------------------------------------------------------------------------
+
+RELAY_CONTEXT = ', client: 127.0.0.1, server: 127.0.0.1:imap_ssl, login: "alice", upstream: 127.0.0.1:backend'
+
+
+def relayed_session(proxy: Proxy) -> tuple[ssl.SSLSocket, socket.socket]:
+    tls, raw = tls_session(proxy, "ssl")
+    tls.sendall(b"a1 LOGIN alice secret\r\n")
+    assert tls.recv(1024) == b"a1 OK backend logged in\r\n"
+    return tls, raw
+
+
+def test_record_that_does_not_decrypt_while_relaying(servers: Servers) -> None:
+    def case(proxy: Proxy) -> None:
+        tls, raw = relayed_session(proxy)
+        with tls, raw:
+            raw.sendall(BOGUS_RECORD)
+            until_closed(raw)
+
+    assert both(servers, case, 3) == [
+        "[info] client logged in" + RELAY_CONTEXT,
+        "[crit] SSL_read() failed (SSL: error:1C800066:Provider routines::cipher operation failed"
+        " error:0A000119:SSL routines::decryption failed or bad record mac) while proxying and reading from"
+        " client" + RELAY_CONTEXT,
+        "[info] proxied session done" + RELAY_CONTEXT,
+    ]
+
+
+def test_tls_client_reset_while_relaying_is_a_finished_session(servers: Servers) -> None:
+    def case(proxy: Proxy) -> None:
+        tls, raw = relayed_session(proxy)
+        raw.close()
+        reset(tls)
+
+    assert both(servers, case, 2) == [
+        "[info] client logged in" + RELAY_CONTEXT,
+        "[info] proxied session done" + RELAY_CONTEXT,
+    ]

@@ -43,6 +43,7 @@ from mailgate.proxy.proxy_protocol import (
 from mailgate.proxy.relay import Peer, Relay, RelayOutcome
 from mailgate.tls import (
     ServerTls,
+    TlsError,
     TlsFacts,
     check_client_certificate,
     handshake_failure,
@@ -438,10 +439,15 @@ class Session:
         return data
 
     def _log_receive_error(self, error: OSError, action: str | None = None) -> None:
-        """A client connection that ended in an error, as nginx's recv() or SSL_read() reports it (info)."""
+        """A client connection that ended in an error, as nginx's recv() or SSL_read() reports it."""
+        if isinstance(error, TlsError):
+            self._log(error.line.level, error.line.message, action)
+            return
         if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's SSL_ERROR_* code, not an OS errno
             self._log(LogLevel.INFO, f"SSL_read() failed ({error})", action)
             return
+        if self.tls is not None:
+            return  # nginx's SSL_read() takes a reset with nothing queued for a clean close: no line
         number = error.errno or 0
         self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
 

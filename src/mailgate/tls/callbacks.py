@@ -15,7 +15,11 @@ from typing import Any
 
 from mailgate.tls.libssl import (
     CRYPTO_EX_INDEX_SSL,
+    SSL3_AL_FATAL,
+    SSL_AD_REASON_OFFSET,
     SSL_CB_ACCEPT_LOOP,
+    SSL_CB_ALERT,
+    SSL_CB_READ,
     SSL_OP_NO_TICKET,
     SSL_TLSEXT_ERR_ALERT_FATAL,
     SSL_TLSEXT_ERR_OK,
@@ -24,11 +28,15 @@ from mailgate.tls.libssl import (
     GetSessionCallback,
     InfoCallback,
     NewSessionCallback,
+    QueuedError,
     RemoveSessionCallback,
     TicketKeyCallback,
     VerifyCallback,
     crypto,
+    error_string,
     libssl,
+    peek_errors,
+    ssl_error_code,
 )
 from mailgate.tls.sessions import MAX_SESSION_SIZE, SharedSessionCache
 from mailgate.tls.tickets import TicketKeyRing
@@ -49,6 +57,8 @@ class CallbackState:
 _states: dict[int, CallbackState] = {}
 _alpn_names: dict[bytes, Any] = {}  # persistent buffers OpenSSL may point into after the callback returns
 _timeout_clamped_index = crypto.CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, None, None, None, None)
+# For each watched connection (by SSL*), the OpenSSL errors behind its last fatal alert, sent or received.
+_fatal_alerts: dict[int, list[QueuedError] | None] = {}
 
 
 def register(ssl_ctx: int, state: CallbackState) -> None:
@@ -63,6 +73,26 @@ def unregister(ssl_ctx: int) -> None:
 
 def state_of(ssl_ctx: int) -> CallbackState | None:
     return _states.get(ssl_ctx)
+
+
+def watch_fatal_alerts(ssl: int) -> None:
+    """Remember the errors behind the fatal alerts of this connection until `forget_fatal_alerts`."""
+    _fatal_alerts[ssl] = None
+
+
+def forget_fatal_alerts(ssl: int) -> None:
+    _fatal_alerts.pop(ssl, None)
+
+
+def take_fatal_alert_errors(ssl: int) -> list[QueuedError] | None:
+    """The errors OpenSSL had queued when the connection's last fatal alert was sent or received.
+
+    Python's ssl empties the error queue before a failed read reaches us; the info callback saw it first.
+    """
+    errors = _fatal_alerts.get(ssl)
+    if ssl in _fatal_alerts:
+        _fatal_alerts[ssl] = None
+    return errors
 
 
 def _state_of_ssl(ssl: int) -> CallbackState | None:
@@ -149,7 +179,26 @@ def _remove_session(ssl_ctx: int, session: int) -> None:
         log.exception("removing a session from the shared cache failed")
 
 
-def _clamp_tls13_session_lifetime(ssl: int, where: int, _ret: int) -> None:
+def _info(ssl: int, where: int, ret: int) -> None:
+    if where & SSL_CB_ALERT and ret >> 8 == SSL3_AL_FATAL and ssl in _fatal_alerts:
+        _note_fatal_alert(ssl, where, ret)
+    _clamp_tls13_session_lifetime(ssl, where)
+
+
+def _note_fatal_alert(ssl: int, where: int, alert: int) -> None:
+    try:
+        if where & SSL_CB_READ:
+            # OpenSSL queues the client's alert only after this call, always in this form.
+            number = alert & 0xFF
+            code = ssl_error_code(SSL_AD_REASON_OFFSET + number)
+            _fatal_alerts[ssl] = [QueuedError(code, f"{error_string(code)}:SSL alert number {number}")]
+        else:
+            _fatal_alerts[ssl] = peek_errors()  # what made OpenSSL send it is queued already
+    except Exception:
+        log.exception("reading the errors behind a fatal alert failed")
+
+
+def _clamp_tls13_session_lifetime(ssl: int, where: int) -> None:
     # TLS 1.3 resumption renews a session's creation time; keep its total lifetime within the timeout.
     try:
         if where & SSL_CB_ACCEPT_LOOP != SSL_CB_ACCEPT_LOOP or libssl.SSL_version(ssl) != TLS1_3_VERSION:
@@ -216,5 +265,5 @@ ALPN_SELECT = AlpnSelectCallback(_select_alpn)
 NEW_SESSION = NewSessionCallback(_new_session)
 GET_SESSION = GetSessionCallback(_get_session)
 REMOVE_SESSION = RemoveSessionCallback(_remove_session)
-INFO = InfoCallback(_clamp_tls13_session_lifetime)
+INFO = InfoCallback(_info)
 TICKET_KEY = TicketKeyCallback(_ticket_key)

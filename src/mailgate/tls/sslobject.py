@@ -1,9 +1,11 @@
 """The SSLObject the event loop gets for each client connection, made to fail and close as nginx does.
 
-asyncio and uvloop drive the handshake on memory BIOs and drop the connection as soon as an SSL call
-raises, leaving OpenSSL's fatal alert unsent in the outgoing BIO. `ClientSSLObject` therefore runs the
-handshake through the binding, so that a failure is described from OpenSSL's error queue as nginx describes
-it (`TlsError`), and writes the fatal alert to the socket itself before raising.
+asyncio and uvloop drive the handshake and reads on memory BIOs and drop the connection as soon as an SSL
+call raises, leaving OpenSSL's fatal alert unsent in the outgoing BIO. `ClientSSLObject` therefore
+
+* runs the handshake through the binding, so a failure is described from OpenSSL's error queue as nginx
+  describes it (`TlsError`), and writes the fatal alert to the socket itself before raising;
+* describes a failed read the same way (from the errors the info callback saw) and sends its alert too.
 
 The session names its socket with `set_client_socket` before the event loop wraps it; the event loop runs
 the connection's callbacks in a copy of that context, where the SSLObject finds it.
@@ -17,6 +19,7 @@ import ssl
 from contextvars import ContextVar
 from typing import Any
 
+from mailgate.tls import callbacks
 from mailgate.tls.failures import TlsError, peer_closed_in_handshake, ssl_call_failed
 from mailgate.tls.libssl import (
     SSL_ERROR_SSL,
@@ -30,6 +33,8 @@ from mailgate.tls.libssl import (
 )
 
 _client_socket: ContextVar[socket.socket | None] = ContextVar("mailgate_tls_client_socket", default=None)
+
+_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
 
 
 def set_client_socket(sock: socket.socket) -> None:
@@ -54,6 +59,7 @@ class ClientSSLObject(ssl.SSLObject):
         self._outgoing = outgoing
         self._socket = _client_socket.get()
         self._ssl = ssl_of(self)
+        callbacks.watch_fatal_alerts(self._ssl)
         return self
 
     def do_handshake(self) -> None:
@@ -75,6 +81,20 @@ class ClientSSLObject(ssl.SSLObject):
         self._send_alert()
         raise TlsError(line)
 
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        try:
+            if buffer is not None:
+                return self._sslobj.read(len, buffer)
+            return self._sslobj.read(len)
+        except _AGAIN:
+            raise
+        except ssl.SSLError as error:
+            self._send_alert()
+            queued = callbacks.take_fatal_alert_errors(self._ssl)
+            if queued is None:  # no fatal alert: nothing better than Python's words
+                raise
+            raise TlsError(ssl_call_failed("SSL_read()", queued)) from error
+
     def _send_alert(self) -> None:
         """Write what OpenSSL left in the outgoing BIO (its fatal alert) to the socket, without waiting: the
         event loop closes the connection as soon as the failure is raised and would drop it."""
@@ -82,3 +102,9 @@ class ClientSSLObject(ssl.SSLObject):
         if data and self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.send(data, socket.MSG_DONTWAIT)
+
+    def __del__(self) -> None:
+        ssl = getattr(self, "_ssl", 0)
+        if ssl:
+            with contextlib.suppress(Exception):  # also at interpreter exit, when modules are torn down
+                callbacks.forget_fatal_alerts(ssl)
