@@ -10,12 +10,28 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
+import ssl
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e_tls.support import KINDS, Proxy, SClientRun, mail_config, running, running_both, s_client
+from tests.e2e_tls.support import (
+    KINDS,
+    READ_TIMEOUT,
+    SERVER_NAME,
+    Proxy,
+    SClientRun,
+    client_context,
+    mail_config,
+    running,
+    running_both,
+    s_client,
+)
+from tests.support.loopback import IPV4_LOOPBACK
 from tests.tls.support import Pki
 
 TEMPLATE = mail_config(
@@ -43,6 +59,14 @@ TEMPLATE = mail_config(
     server {
         listen 127.0.0.1:$imap_shared_tickets ssl; protocol imap;
         ssl_session_cache shared:E2E_TICKETS:1m; ssl_session_timeout 10m;
+    }
+    server {
+        listen 127.0.0.1:$imap_builtin_quick ssl; protocol imap; timeout 2s;
+        ssl_session_cache builtin:1000; ssl_session_tickets off;
+    }
+    server {
+        listen 127.0.0.1:$imap_shared_quick ssl; protocol imap; timeout 2s;
+        ssl_session_cache shared:E2E_QUICK:1m; ssl_session_tickets off;
     }
     server {
         listen 127.0.0.1:$smtp_shared; protocol smtp; starttls on;
@@ -243,3 +267,58 @@ def test_ticket_from_one_instance_resumes_on_another_with_the_same_key_file(
     # The old key still decrypts once a new one is listed first.
     assert after_rotation.reused, after_rotation.output
     assert not without_the_key.reused, without_the_key.output
+
+
+# --- a session stays resumable however its connection ended ----------------------------------------------
+
+
+def end_connection(tls: ssl.SSLSocket, ending: str) -> None:
+    """End an IMAP session over Python's ssl, which never sends close_notify on close()."""
+    if ending == "reset":
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif ending == "logout":
+        tls.sendall(b"a LOGOUT\r\n")
+    elif ending == "refused login":
+        tls.sendall(b"a LOGIN alice secret\r\n")
+    if ending in ("logout", "refused login", "timeout"):  # the server ends it: read until it has
+        with contextlib.suppress(ssl.SSLError, OSError):
+            while tls.recv(4096):
+                pass
+    tls.close()
+    # Let the server finish the connection before the next one (a connection still open keeps its session
+    # resumable anyway: a slow server can only make this test pass, never fail).
+    time.sleep(0.3)
+
+
+def python_session(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSocket, bool]:
+    raw = socket.create_connection((IPV4_LOOPBACK, port), timeout=READ_TIMEOUT)
+    tls = context.wrap_socket(raw, server_hostname=SERVER_NAME, session=session)
+    assert tls.recv(1024) == b"* OK IMAP4 ready\r\n"
+    return tls, tls.session_reused
+
+
+ENDINGS = ["close without close_notify", "reset", "logout", "refused login", "timeout"]
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
+)
+@pytest.mark.parametrize("cache", ["builtin", "shared"])
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_session_stays_resumable_however_the_connection_ended(
+    proxies: dict[str, Proxy], cache: str, ending: str, version: ssl.TLSVersion
+) -> None:
+    """nginx marks every finished TLS connection shut down, so OpenSSL keeps its session in the caches even
+    when the client left without close_notify (Python's imaplib does) or reset the connection."""
+    server = f"imap_{cache}_quick" if ending == "timeout" else f"imap_{cache}"
+    resumed = {}
+    for kind in KINDS:
+        context = client_context(version=version)
+        first, _ = python_session(proxies[kind].port(server), context)
+        session = first.session
+        end_connection(first, ending)
+        second, resumed[kind] = python_session(proxies[kind].port(server), context, session)
+        second.close()
+    assert resumed == {"nginx": True, "mailgate": True}

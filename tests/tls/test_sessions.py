@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -220,3 +221,37 @@ def test_a_failing_shared_store_only_costs_resumption(
     )
     with serving(build_server_context(server)) as running:
         assert not resumes(running.port, "-tls1_2", tmp_path / "session.pem")
+
+
+def _leave_without_close_notify(
+    port: int, context: ssl.SSLContext, *, reset: bool = False, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSession | None, bool]:
+    """Handshake, read the greeting and go: a plain close (as Python's ssl closes) or a reset.
+    The session to resume, and whether this one was resumed."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = context.wrap_socket(raw, session=session)
+    try:
+        assert tls.recv(1024) == b"* OK ready\r\n"
+        if reset:
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return tls.session, tls.session_reused
+    finally:
+        tls.close()
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
+)
+@pytest.mark.parametrize("cache", ["builtin", "shared"])
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_session_stays_resumable_when_the_client_leaves_without_close_notify(
+    pki: Pki, cache: str, version: ssl.TLSVersion, reset: bool
+) -> None:
+    """nginx marks every finished connection shut down (ngx_ssl_shutdown), so OpenSSL keeps its session."""
+    server = server_config((pair(*pki.server_ecdsa),), session_cache=CACHES[cache](), session_tickets=False)
+    context = python_client_context(maximum_version=version, minimum_version=version)
+    with serving(build_server_context(server), waits_for_the_client=True) as running:
+        session, _resumed = _leave_without_close_notify(running.port, context, reset=reset)
+        running.wait_closed()
+        _session, resumed = _leave_without_close_notify(running.port, context, session=session)
+    assert resumed

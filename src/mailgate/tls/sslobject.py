@@ -1,11 +1,15 @@
 """The SSLObject the event loop gets for each client connection, made to fail and close as nginx does.
 
 asyncio and uvloop drive the handshake and reads on memory BIOs and drop the connection as soon as an SSL
-call raises, leaving OpenSSL's fatal alert unsent in the outgoing BIO. `ClientSSLObject` therefore
+call raises, leaving OpenSSL's fatal alert unsent in the outgoing BIO; and they free the SSL without a
+shutdown when the client leaves without close_notify, which makes OpenSSL drop the session from the cache.
+`ClientSSLObject` therefore
 
 * runs the handshake through the binding, so a failure is described from OpenSSL's error queue as nginx
   describes it (`TlsError`), and writes the fatal alert to the socket itself before raising;
-* describes a failed read the same way (from the errors the info callback saw) and sends its alert too.
+* describes a failed read the same way (from the errors the info callback saw) and sends its alert too;
+* marks the SSL as shut down when it is freed, as nginx's ngx_ssl_shutdown always does, so that a session
+  stays resumable however the connection ended (OpenSSL has removed it already after a fatal alert).
 
 The session names its socket with `set_client_socket` before the event loop wraps it; the event loop runs
 the connection's callbacks in a copy of that context, where the SSLObject finds it.
@@ -26,6 +30,7 @@ from mailgate.tls.libssl import (
     SSL_ERROR_SYSCALL,
     SSL_ERROR_WANT_READ,
     SSL_ERROR_WANT_WRITE,
+    SSL_SENT_SHUTDOWN,
     crypto,
     libssl,
     ssl_of,
@@ -105,6 +110,9 @@ class ClientSSLObject(ssl.SSLObject):
 
     def __del__(self) -> None:
         ssl = getattr(self, "_ssl", 0)
-        if ssl:
-            with contextlib.suppress(Exception):  # also at interpreter exit, when modules are torn down
-                callbacks.forget_fatal_alerts(ssl)
+        if not ssl:
+            return
+        with contextlib.suppress(Exception):  # also at interpreter exit, when modules are torn down
+            callbacks.forget_fatal_alerts(ssl)
+            if not libssl.SSL_in_init(ssl):
+                libssl.SSL_set_shutdown(ssl, libssl.SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN)
