@@ -8,6 +8,7 @@ would let a client or a resolver inject headers: such a request is refused with 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mailgate.config.model import Protocol, ServerConfig, VerifyClient
@@ -19,9 +20,8 @@ UNAVAILABLE = "[UNAVAILABLE]"
 TEMPUNAVAIL = "[TEMPUNAVAIL]"
 
 # Bytes nginx's NGX_ESCAPE_MAIL_AUTH table escapes: controls, space and "%".
-_ESCAPED_BYTES = frozenset([*range(0x00, 0x21), 0x25])
-_ESCAPE_TABLE = {byte: b"%%%02X" % byte for byte in _ESCAPED_BYTES}
-_UNSAFE_RAW_BYTES = frozenset(b"\r\n\x00")
+_ESCAPED = re.compile(rb"[\x00-\x20%]")
+_ESCAPED_NAMES = frozenset(("Auth-User", "Auth-Pass", "Auth-SSL-Cert"))
 
 
 class AuthRequestRefusedError(ValueError):
@@ -47,9 +47,13 @@ class AuthAttempt:
 
 def escape_auth_value(value: bytes) -> bytes:
     """nginx's escaping for Auth-User, Auth-Pass and Auth-SSL-Cert: bytes 0x00-0x20 and `%` as `%XX`."""
-    if not any(byte in _ESCAPED_BYTES for byte in value):
+    if _ESCAPED.search(value) is None:
         return value
-    return b"".join(_ESCAPE_TABLE.get(byte, bytes((byte,))) for byte in value)
+    return _ESCAPED.sub(_escape_match, value)
+
+
+def _escape_match(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match.group()[0]
 
 
 def build_auth_request(server: ServerConfig, attempt: AuthAttempt) -> bytes:
@@ -84,17 +88,20 @@ def build_auth_request(server: ServerConfig, attempt: AuthAttempt) -> bytes:
         lines += _tls_lines(server, attempt.tls)
     lines += [(name, value.encode()) for name, value in settings.headers]
 
-    request = bytearray(b"GET " + settings.url.uri.encode() + b" HTTP/1.0\r\n")
+    uri = settings.url.uri.encode()
+    parts = [b"GET ", uri, b" HTTP/1.0\r\n"]
+    line_ends = len(lines) + 2
     for name, value in lines:
-        _refuse_unsafe(name, name.encode())
-        if name not in ("Auth-User", "Auth-Pass", "Auth-SSL-Cert"):
-            _refuse_unsafe(name, value)
-        request += name.encode() + b": " + value + b"\r\n"
+        parts += (name.encode(), b": ", value, b"\r\n")
         if name == "Auth-Pass" and salt_line is not None:
-            request += salt_line
-    _refuse_unsafe("request line", settings.url.uri.encode())
-    request += b"\r\n"
-    return bytes(request)
+            parts.append(salt_line)
+            line_ends += 1
+    parts.append(b"\r\n")
+    request = b"".join(parts)
+    # Escaped values hold no CR, LF or NUL: any beyond each line's own CRLF is in a name or a raw value.
+    if b"\x00" in request or request.count(b"\r") != line_ends or request.count(b"\n") != line_ends:
+        _refuse_first_unsafe(lines, len(lines) - len(settings.headers), uri)
+    return request
 
 
 def _salt_line(credentials: Credentials) -> bytes | None:
@@ -143,6 +150,17 @@ def _tls_lines(server: ServerConfig, tls: TlsFacts) -> list[tuple[str, bytes]]:
     return lines
 
 
+def _refuse_first_unsafe(lines: list[tuple[str, bytes]], configured_from: int, uri: bytes) -> None:
+    """Raise for the first name or raw value, in request order, that holds CR, LF or NUL (the names from
+    `configured_from` on are `auth_http_header` names; the others are ours)."""
+    for index, (name, value) in enumerate(lines):
+        if index >= configured_from:
+            _refuse_unsafe(name, name.encode())
+        if name not in _ESCAPED_NAMES:
+            _refuse_unsafe(name, value)
+    _refuse_unsafe("request line", uri)
+
+
 def _refuse_unsafe(name: str, value: bytes) -> None:
-    if any(byte in _UNSAFE_RAW_BYTES for byte in value):
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
         raise AuthRequestRefusedError(f'auth http request not sent: "{name}" value contains CR, LF or NUL')
