@@ -7,6 +7,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import uvloop
+
 from mailgate.auth.client import authenticate, query_auth_http
 from mailgate.auth.request import AuthAttempt, build_auth_request
 from mailgate.auth.response import Backend, InternalError, Reject
@@ -68,6 +70,14 @@ def test_sends_the_built_request_and_returns_the_backend() -> None:
     assert decision == Backend("10.0.0.5", socket.AF_INET, 143, b"user", b"secret", "10.0.0.5:143")
     expected = build_auth_request(server_config(url=auth_url(port=1)), ATTEMPT)
     assert stub.requests == [expected]
+
+
+def test_query_runs_on_uvloop_as_the_workers_do() -> None:
+    stub = AuthStub(OK)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        decision = runner.run(query(stub))
+    assert decision == Backend("10.0.0.5", socket.AF_INET, 143, b"user", b"secret", "10.0.0.5:143")
+    assert len(stub.requests) == 1
 
 
 def test_reply_split_over_many_writes_is_reassembled() -> None:

@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from mailgate.auth.request import AuthAttempt, AuthRequestRefusedError, build_auth_request
 from mailgate.auth.response import (
@@ -27,7 +28,6 @@ from mailgate.config.model import ServerConfig
 
 # nginx keeps re-asking on WAIT for as long as the auth server says so; we stop after this many re-queries.
 MAX_WAIT_RETRIES = 10
-_READ_SIZE = 1024
 _TIMED_OUT = f"{errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)}"
 
 
@@ -78,33 +78,67 @@ async def authenticate(
             await sleep(decision.wait)
 
 
+class _AuthExchange(asyncio.Protocol):
+    """One auth connection: writes the request once connected, then feeds the reply to the reader until
+    it decides or the connection ends; `decided` gets the decision."""
+
+    def __init__(
+        self, request: bytes, reader: AuthResponseReader, decided: asyncio.Future[AuthDecision]
+    ) -> None:
+        self._request = request
+        self._reader = reader
+        self._decided = decided
+        self._write_failed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not registered as asyncio's classes: no isinstance check here.
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(self._request)
+        # A failed write closes the transport at once; connection_lost then says why.
+        self._write_failed = writer.is_closing()
+
+    def data_received(self, data: bytes) -> None:
+        decision = self._reader.feed(data)
+        if not isinstance(decision, NeedMore):
+            self._decide(decision)
+
+    def eof_received(self) -> bool:
+        self._decide(self._reader.feed_eof())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._write_failed:
+            error = exc if isinstance(exc, OSError) else ConnectionResetError("Connection lost")
+            self._decide(InternalError(f"send() failed ({_describe(error)})"))
+        elif isinstance(exc, OSError):
+            self._decide(InternalError(f"recv() failed ({_describe(exc)})"))
+        else:
+            self._decide(self._reader.feed_eof())
+
+    def _decide(self, decision: AuthDecision) -> None:
+        if not self._decided.done():
+            self._decided.set_result(decision)
+
+
 async def _exchange(server: ServerConfig, request: bytes, reader: AuthResponseReader) -> AuthDecision:
     url = server.auth_http.url
+    loop = asyncio.get_running_loop()
+    decided: asyncio.Future[AuthDecision] = loop.create_future()
+    exchange = _AuthExchange(request, reader, decided)
     try:
         if url.family == socket.AF_UNIX:
-            stream_reader, writer = await asyncio.open_unix_connection(url.host)
+            transport, _ = await loop.create_unix_connection(lambda: exchange, url.host)
         else:
-            stream_reader, writer = await asyncio.open_connection(url.host, url.port)
+            transport, _ = await loop.create_connection(lambda: exchange, url.host, url.port)
     except OSError as error:
         if error.errno == errno.ECONNREFUSED:
             # nginx connects without blocking and learns of the refusal from its first recv().
             return InternalError(f"recv() failed ({_describe(error)})")
         return InternalError(f"connect() to {url.text} failed ({_describe(error)})")
     try:
-        try:
-            writer.write(request)
-            await writer.drain()
-        except OSError as error:
-            return InternalError(f"send() failed ({_describe(error)})")
-        while True:
-            data = await stream_reader.read(_READ_SIZE)
-            decision = reader.feed(data) if data else reader.feed_eof()
-            if not isinstance(decision, NeedMore):
-                return decision
-    except OSError as error:
-        return InternalError(f"recv() failed ({_describe(error)})")
+        return await decided
     finally:
-        writer.close()
+        transport.close()
 
 
 def _describe(error: OSError) -> str:
