@@ -10,9 +10,10 @@ in the socket, and `next_event` handles at most one command per `Reply`.
 from __future__ import annotations
 
 import dataclasses
+import re
+import weakref
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import ClassVar, Generic, TypeVar
 
@@ -27,8 +28,40 @@ LF = 0x0A
 SP = 0x20
 
 LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+LETTER_RUN = re.compile(rb"[A-Za-z]*")
+_ARGUMENT_RUN = re.compile(rb"[^ \r\n]*")
+_LINE_RUN = re.compile(rb"[^\r\n]*")
+
+
+def skip_run(run: re.Pattern[bytes], data: bytearray, start: int) -> int:
+    """Where the parser goes on after the byte at `start`, which left it in its state: past every following
+    byte that `run` matches, which would leave it there too (one regex step instead of one loop turn each)."""
+    match = run.match(data, start + 1)
+    return start + 1 if match is None else match.end()
+
 
 CommandT = TypeVar("CommandT", bound=Enum)
+ValueT = TypeVar("ValueT")
+
+
+class PerServer(Generic[ValueT]):
+    """A value built once per `ServerConfig` object (capability lines, greetings), not once per session.
+
+    Keyed by the object's identity, without keeping it alive: the entry goes when the server does.
+    """
+
+    def __init__(self, build: Callable[[ServerConfig], ValueT]) -> None:
+        self._build = build
+        self._built: dict[int, tuple[weakref.ref[ServerConfig], ValueT]] = {}
+
+    def __call__(self, server: ServerConfig) -> ValueT:
+        entry = self._built.get(id(server))
+        if entry is not None and entry[0]() is server:
+            return entry[1]
+        key = id(server)
+        value = self._build(server)
+        self._built[key] = (weakref.ref(server, lambda _: self._built.pop(key, None)), value)
+        return value
 
 
 class ClientBuffer:
@@ -129,7 +162,7 @@ class PreAuthEngine(ABC):
         self._salt = salt
         self._salt_in_use = False  # a salt the client has seen (POP3 greeting, CRAM-MD5 challenge)
         self._buffer = ClientBuffer(buffer_size)
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # rarely more than two: a list is smaller than a deque
         self._phase = _Phase.COMMANDS
         self._close: Close | None = None
         self._errors = 0
@@ -157,7 +190,7 @@ class PreAuthEngine(ABC):
     def next_event(self) -> Event:
         """The next thing the session must do; `NeedData` when the engine waits for bytes or a callback."""
         if self._events:
-            return self._events.popleft()
+            return self._events.pop(0)
         if self._close is not None:
             return self._close
         if self._phase is not _Phase.COMMANDS:
@@ -169,7 +202,7 @@ class PreAuthEngine(ABC):
             self._events.append(Reply(self.internal_error_line))
             self._closing("internal error")
         if self._events:
-            return self._events.popleft()
+            return self._events.pop(0)
         return NeedData()
 
     def tls_established(self) -> None:
@@ -337,6 +370,9 @@ class VerbParser(Generic[CommandT]):
                     state = _VerbState.SPACES_BEFORE_ARGUMENT if ch == SP else _VerbState.ALMOST_DONE
                 elif ch not in LETTERS:
                     return self._invalid(buffer, p)
+                else:
+                    p = skip_run(LETTER_RUN, data, p)
+                    continue
             elif state is _VerbState.INVALID:
                 return self._invalid(buffer, p)
             elif state is _VerbState.SPACES_BEFORE_ARGUMENT:
@@ -356,6 +392,10 @@ class VerbParser(Generic[CommandT]):
                     if ch == LF:
                         return self._done(buffer, p)
                     state = _VerbState.ALMOST_DONE if ch == CR else _VerbState.SPACES_BEFORE_ARGUMENT
+                else:
+                    keeps_spaces = self.command in self._keeps_spaces
+                    p = skip_run(_LINE_RUN if keeps_spaces else _ARGUMENT_RUN, data, p)
+                    continue
             elif state is _VerbState.ALMOST_DONE:
                 if ch != LF:
                     return self._invalid(buffer, p)

@@ -7,16 +7,33 @@ has bugs this one does not copy them; docs/quirks.md lists each decision.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
 from mailgate.config.model import ImapAuth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
-from mailgate.protocol.engine import CR, LETTERS, LF, SP, ClientBuffer, ParseResult, PreAuthEngine
+from mailgate.protocol.engine import (
+    CR,
+    LETTER_RUN,
+    LETTERS,
+    LF,
+    SP,
+    ClientBuffer,
+    ParseResult,
+    PerServer,
+    PreAuthEngine,
+    skip_run,
+)
 from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
 _TAG_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._")
+# Runs of bytes that leave the parser in its state, skipped in one step (see ImapParser.parse).
+_TAG_RUN = re.compile(rb"[A-Za-z0-9._-]*")
+_ATOM_RUN = re.compile(rb"[^ \r\n]*")
+_QUOTED_RUN = re.compile(rb'[^"\\\r\n]*')
 _MAX_TAG_LENGTH = 32
 _MAX_ARGUMENTS = 3
 # The literal length must fit nginx's counter (a 64-bit size); beyond it the command is a syntax error.
@@ -114,6 +131,11 @@ class ImapParser:
                     state = _State.SPACES_BEFORE_COMMAND
                 elif ch not in _TAG_CHARACTERS or p - self._tag_start >= _MAX_TAG_LENGTH:
                     return self._invalid(buffer, p)
+                else:
+                    p = skip_run(_TAG_RUN, data, p)
+                    if p - self._tag_start > _MAX_TAG_LENGTH:
+                        return self._invalid(buffer, p)  # no LF in the run: where it is cut does not matter
+                    continue
             elif state is _State.INVALID:
                 return self._invalid(buffer, p)
             elif state is _State.SPACES_BEFORE_COMMAND:
@@ -133,6 +155,9 @@ class ImapParser:
                     state = _State.SPACES_BEFORE_ARGUMENT if ch == SP else _State.ALMOST_DONE
                 elif ch not in LETTERS:
                     return self._invalid(buffer, p)
+                else:
+                    p = skip_run(LETTER_RUN, data, p)
+                    continue
             elif state is _State.SPACES_BEFORE_ARGUMENT:
                 if ch == CR:
                     state = _State.ALMOST_DONE
@@ -163,6 +188,9 @@ class ImapParser:
                 elif ch == ord("\\") and self._quoted:
                     self._backslash = True
                     state = _State.BACKSLASH
+                else:
+                    p = skip_run(_QUOTED_RUN if self._quoted else _ATOM_RUN, data, p)
+                    continue
             elif state is _State.BACKSLASH:
                 if ch in (CR, LF):
                     return self._invalid(buffer, p)
@@ -278,6 +306,28 @@ def _unescape(quoted: bytes) -> bytes:
     return bytes(out)
 
 
+@dataclass(frozen=True)
+class _ImapLines:
+    """A server's `* CAPABILITY` lines, one per TLS state."""
+
+    capability: bytes
+    starttls_capability: bytes
+    starttls_only_capability: bytes
+
+
+def _imap_lines(server: ServerConfig) -> _ImapLines:
+    names = b"".join(b" " + name for name in (cap.encode() for cap in server.imap.capabilities))
+    auth = b"".join(b" " + item for method, item in _AUTH_CAPABILITIES if method in server.imap.auth)
+    return _ImapLines(
+        capability=b"* CAPABILITY" + names + auth + b"\r\n",
+        starttls_capability=b"* CAPABILITY" + names + auth + b" STARTTLS\r\n",
+        starttls_only_capability=b"* CAPABILITY" + names + b" STARTTLS LOGINDISABLED\r\n",
+    )
+
+
+_LINES = PerServer(_imap_lines)
+
+
 class ImapPreAuth(PreAuthEngine):
     """One IMAP client before authentication (see `PreAuthEngine` for the driving protocol)."""
 
@@ -294,11 +344,7 @@ class ImapPreAuth(PreAuthEngine):
             external=ImapAuth.EXTERNAL in enabled,
             salt=self._session_salt,
         )
-        names = b"".join(b" " + name for name in (cap.encode() for cap in server.imap.capabilities))
-        auth = b"".join(b" " + item for method, item in _AUTH_CAPABILITIES if method in enabled)
-        self._capability = b"* CAPABILITY" + names + auth + b"\r\n"
-        self._starttls_capability = b"* CAPABILITY" + names + auth + b" STARTTLS\r\n"
-        self._starttls_only_capability = b"* CAPABILITY" + names + b" STARTTLS LOGINDISABLED\r\n"
+        self._lines = _LINES(server)
 
     def greeting(self) -> bytes:
         return b"* OK IMAP4 ready\r\n"
@@ -314,9 +360,9 @@ class ImapPreAuth(PreAuthEngine):
         """The `* CAPABILITY` line for the current TLS state."""
         if self._starttls_offered:
             if self._starttls_only:
-                return self._starttls_only_capability
-            return self._starttls_capability
-        return self._capability
+                return self._lines.starttls_only_capability
+            return self._lines.starttls_capability
+        return self._lines.capability
 
     def _parse(self) -> ParseResult:
         return self._parser.parse(self._buffer)

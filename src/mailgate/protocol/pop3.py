@@ -7,12 +7,13 @@ so a long `AUTH PLAIN <initial response>` or APOP line ends the session as a too
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
 from mailgate.config.model import Pop3Auth, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
-from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
+from mailgate.protocol.engine import ParseResult, PerServer, PreAuthEngine, VerbParser
 from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
@@ -45,6 +46,36 @@ def _sasl_mechanisms(enabled: frozenset[Pop3Auth]) -> list[bytes]:
 
 
 _LINE_BREAKS = frozenset(b"\r\n")
+_VERBS = {command.value: command for command in Pop3Command}
+_KEEPS_SPACES = frozenset({Pop3Command.USER, Pop3Command.PASS})
+
+
+@dataclass(frozen=True)
+class _Pop3Lines:
+    """A server's CAPA replies, one per TLS state, and its `AUTH` mechanism list."""
+
+    capability: bytes
+    starttls_capability: bytes
+    starttls_only_capability: bytes
+    methods: bytes
+
+
+def _pop3_lines(server: ServerConfig) -> _Pop3Lines:
+    capabilities = [cap.encode() for cap in server.pop3.capabilities]
+    mechanisms = _sasl_mechanisms(server.pop3.auth)
+    header = b"+OK Capability list follows\r\n"
+    listed = b"".join(cap + b"\r\n" for cap in capabilities)
+    sasl = b" ".join([b"SASL", *mechanisms]) + b"\r\n"
+    without_user = b"".join(cap + b"\r\n" for cap in capabilities if cap.upper() != b"USER")
+    return _Pop3Lines(
+        capability=header + listed + sasl + b".\r\n",
+        starttls_capability=header + listed + sasl + b"STLS\r\n.\r\n",
+        starttls_only_capability=header + without_user + b"STLS\r\n.\r\n",
+        methods=b"+OK methods supported:\r\n" + b"".join(m + b"\r\n" for m in mechanisms) + b".\r\n",
+    )
+
+
+_LINES = PerServer(_pop3_lines)
 
 
 class Pop3PreAuth(PreAuthEngine):
@@ -62,10 +93,7 @@ class Pop3PreAuth(PreAuthEngine):
     def __init__(self, server: ServerConfig, *, tls_active: bool, salt: bytes | None = None) -> None:
         super().__init__(server, tls_active=tls_active, salt=salt, buffer_size=self.buffer_size)
         self._parser = VerbParser(
-            {command.value: command for command in Pop3Command},
-            max_arguments=_MAX_ARGUMENTS,
-            continued_by=Pop3Command.AUTH,
-            keeps_spaces=frozenset({Pop3Command.USER, Pop3Command.PASS}),
+            _VERBS, max_arguments=_MAX_ARGUMENTS, continued_by=Pop3Command.AUTH, keeps_spaces=_KEEPS_SPACES
         )
         enabled = server.pop3.auth
         self._salted = bool(enabled & {Pop3Auth.APOP, Pop3Auth.CRAM_MD5})
@@ -76,17 +104,7 @@ class Pop3PreAuth(PreAuthEngine):
             salt=self._session_salt,
         )
         self._user: bytes | None = None  # set between USER and PASS
-
-        capabilities = [cap.encode() for cap in server.pop3.capabilities]
-        mechanisms = _sasl_mechanisms(enabled)
-        header = b"+OK Capability list follows\r\n"
-        listed = b"".join(cap + b"\r\n" for cap in capabilities)
-        sasl = b" ".join([b"SASL", *mechanisms]) + b"\r\n"
-        self._capability = header + listed + sasl + b".\r\n"
-        self._starttls_capability = header + listed + sasl + b"STLS\r\n.\r\n"
-        without_user = b"".join(cap + b"\r\n" for cap in capabilities if cap.upper() != b"USER")
-        self._starttls_only_capability = header + without_user + b"STLS\r\n.\r\n"
-        self._methods = b"+OK methods supported:\r\n" + b"".join(m + b"\r\n" for m in mechanisms) + b".\r\n"
+        self._lines = _LINES(server)
 
     def greeting(self) -> bytes:
         if self._salted:
@@ -103,9 +121,9 @@ class Pop3PreAuth(PreAuthEngine):
         """The CAPA reply for the current TLS state; after USER it never offers STLS."""
         if self._starttls_offered and not after_user:
             if self._starttls_only:
-                return self._starttls_only_capability
-            return self._starttls_capability
-        return self._capability
+                return self._lines.starttls_only_capability
+            return self._lines.starttls_capability
+        return self._lines.capability
 
     def _parse(self) -> ParseResult:
         return self._parser.parse(self._buffer)
@@ -141,7 +159,7 @@ class Pop3PreAuth(PreAuthEngine):
                 self._sasl_step(self._sasl.start(args))
             else:
                 self._parser.expect_command()
-                self._answer(self._methods)
+                self._answer(self._lines.methods)
         elif command is Pop3Command.STLS and self._starttls_offered:
             self._answer(_OK)
             self._start_tls()

@@ -8,12 +8,13 @@ client that talked during the delay.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
 from mailgate.config.model import Protocol, ServerConfig, SmtpAuth
 from mailgate.protocol.credentials import AuthMethod, Credentials
-from mailgate.protocol.engine import ParseResult, PreAuthEngine, VerbParser
+from mailgate.protocol.engine import ParseResult, PerServer, PreAuthEngine, VerbParser
 from mailgate.protocol.lines import CERT_ERROR, INTERNAL_ERROR, NO_CERT
 from mailgate.protocol.sasl import SaslDone, SaslExchange, SaslPrompt, SaslStep
 
@@ -63,6 +64,37 @@ def _shown(data: bytes) -> bytes:
     return data.replace(b"\r", b"_").replace(b"\n", b"_")
 
 
+_VERBS = {command.value: command for command in SmtpCommand}
+
+
+@dataclass(frozen=True)
+class _SmtpLines:
+    """A server's greeting, HELO reply and EHLO replies (one per TLS state)."""
+
+    greeting: bytes
+    helo_reply: bytes
+    capability: bytes
+    starttls_capability: bytes
+    starttls_only_capability: bytes
+
+
+def _smtp_lines(server: ServerConfig) -> _SmtpLines:
+    name = server.core.server_name.encode()
+    capabilities = [cap.encode() for cap in server.smtp.capabilities]
+    mechanisms = [mechanism for method, mechanism in _AUTH_MECHANISMS if method in server.smtp.auth]
+    auth = [b" ".join([b"AUTH", *mechanisms])] if mechanisms else []
+    return _SmtpLines(
+        greeting=b"220 " + name + b" ESMTP ready\r\n",
+        helo_reply=b"250 " + name + b"\r\n",
+        capability=_multiline_250([name, *capabilities, *auth]),
+        starttls_capability=_multiline_250([name, *capabilities, *auth, b"STARTTLS"]),
+        starttls_only_capability=_multiline_250([name, *capabilities, b"STARTTLS"]),
+    )
+
+
+_LINES = PerServer(_smtp_lines)
+
+
 class SmtpPreAuth(PreAuthEngine):
     """One SMTP client before authentication (see `PreAuthEngine` for the driving protocol)."""
 
@@ -72,11 +104,7 @@ class SmtpPreAuth(PreAuthEngine):
 
     def __init__(self, server: ServerConfig, *, tls_active: bool, salt: bytes | None = None) -> None:
         super().__init__(server, tls_active=tls_active, salt=salt, buffer_size=server.smtp.client_buffer)
-        self._parser = VerbParser(
-            {command.value: command for command in SmtpCommand},
-            max_arguments=_MAX_ARGUMENTS,
-            continued_by=SmtpCommand.AUTH,
-        )
+        self._parser = VerbParser(_VERBS, max_arguments=_MAX_ARGUMENTS, continued_by=SmtpCommand.AUTH)
         enabled = server.smtp.auth
         self._auth_none = SmtpAuth.NONE in enabled
         self._sasl = SaslExchange(
@@ -88,19 +116,10 @@ class SmtpPreAuth(PreAuthEngine):
         self._esmtp = False
         self._mail_from = b""
         self._rcpt_to = b""
-
-        name = server.core.server_name.encode()
-        capabilities = [cap.encode() for cap in server.smtp.capabilities]
-        mechanisms = [mechanism for method, mechanism in _AUTH_MECHANISMS if method in enabled]
-        auth = [b" ".join([b"AUTH", *mechanisms])] if mechanisms else []
-        self._greeting = b"220 " + name + b" ESMTP ready\r\n"
-        self._helo_reply = b"250 " + name + b"\r\n"
-        self._capability = _multiline_250([name, *capabilities, *auth])
-        self._starttls_capability = _multiline_250([name, *capabilities, *auth, b"STARTTLS"])
-        self._starttls_only_capability = _multiline_250([name, *capabilities, b"STARTTLS"])
+        self._lines = _LINES(server)
 
     def greeting(self) -> bytes:
-        return self._greeting
+        return self._lines.greeting
 
     def auth_failed(self, text: bytes, smtp_code: bytes | None = None) -> bytes:
         self._sasl.reset()
@@ -121,9 +140,9 @@ class SmtpPreAuth(PreAuthEngine):
         """The EHLO capability block for the current TLS state."""
         if self._starttls_offered:
             if self._starttls_only:
-                return self._starttls_only_capability
-            return self._starttls_capability
-        return self._capability
+                return self._lines.starttls_only_capability
+            return self._lines.starttls_capability
+        return self._lines.capability
 
     def _parse(self) -> ParseResult:
         return self._parser.parse(self._buffer)
@@ -175,7 +194,7 @@ class SmtpPreAuth(PreAuthEngine):
         self._helo = args[0]
         self._mail_from = self._rcpt_to = b""
         if command is SmtpCommand.HELO:
-            self._answer(self._helo_reply)
+            self._answer(self._lines.helo_reply)
         else:
             self._esmtp = True
             self._answer(self._ehlo_reply())
