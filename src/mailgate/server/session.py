@@ -42,10 +42,12 @@ from mailgate.proxy.proxy_protocol import (
 )
 from mailgate.proxy.relay import Peer, Relay, RelayOutcome
 from mailgate.tls import (
+    SHUTDOWN_TIMEOUT,
     ServerTls,
     TlsError,
     TlsFacts,
     check_client_certificate,
+    close_without_notify,
     handshake_failure,
     set_client_socket,
     tls_facts,
@@ -289,7 +291,11 @@ class Session:
         set_client_socket(self.sock)  # before the loop takes it: a TLS failure then sends its alert at once
         try:
             transport, _ = await self.loop.connect_accepted_socket(
-                Peer, self.sock, ssl=context, ssl_handshake_timeout=remaining if context else None
+                Peer,
+                self.sock,
+                ssl=context,
+                ssl_handshake_timeout=remaining if context else None,
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if context else None,
             )
             # uvloop returns its SSLProtocol rather than ours when ssl is given; the transport knows ours.
             client = transport.get_protocol()
@@ -352,6 +358,7 @@ class Session:
                 self._tls_context(),
                 server_side=True,
                 ssl_handshake_timeout=remaining,
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
             )
         except (ssl.SSLError, OSError) as error:
             self._handshake_failed(error)
@@ -584,6 +591,10 @@ class Session:
         if self.backend is not None:
             self.backend.close()
         if self.client is not None:
+            if self.record.close_reason == "timed out" and self.client.transport is not None:
+                ssl_object = self.client.transport.get_extra_info("ssl_object")
+                if isinstance(ssl_object, ssl.SSLObject):
+                    close_without_notify(ssl_object)  # nginx closes a client that timed out quietly
             self.client.close()
         else:
             with contextlib.suppress(OSError):

@@ -14,9 +14,10 @@ from mailgate.tls.context import ServerTls, build_server_context
 from mailgate.tls.facts import ClientCertificate, TlsFacts
 from mailgate.tls.failures import TlsError, TlsLogLine, handshake_failure
 from mailgate.tls.sessions import after_fork, set_shared_cache_directory, shared_cache_directory
-from mailgate.tls.sslobject import set_client_socket
+from mailgate.tls.sslobject import SHUTDOWN_TIMEOUT, close_without_notify, set_client_socket
 
 __all__ = [
+    "SHUTDOWN_TIMEOUT",
     "CertCheck",
     "CertStatus",
     "ClientCertificate",
@@ -27,6 +28,7 @@ __all__ = [
     "after_fork",
     "build_server_context",
     "check_client_certificate",
+    "close_without_notify",
     "handshake_failure",
     "set_client_socket",
     "set_shared_cache_directory",

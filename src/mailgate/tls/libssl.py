@@ -168,6 +168,7 @@ _LIBSSL: list[tuple[Any, ...]] = [
     ("SSL_in_init", c_int, c_void_p),
     ("SSL_get_shutdown", c_int, c_void_p),
     ("SSL_set_shutdown", None, c_void_p, c_int),
+    ("SSL_set_quiet_shutdown", None, c_void_p, c_int),
     ("SSL_version", c_int, c_void_p),
     ("SSL_get_options", c_uint64, c_void_p),
     ("SSL_get_verify_result", c_long, c_void_p),

@@ -8,8 +8,11 @@ shutdown when the client leaves without close_notify, which makes OpenSSL drop t
 * runs the handshake through the binding, so a failure is described from OpenSSL's error queue as nginx
   describes it (`TlsError`), and writes the fatal alert to the socket itself before raising;
 * describes a failed read the same way (from the errors the info callback saw) and sends its alert too;
+* sends no close_notify to a client that timed out, when told (`close_without_notify`);
 * marks the SSL as shut down when it is freed, as nginx's ngx_ssl_shutdown always does, so that a session
   stays resumable however the connection ended (OpenSSL has removed it already after a fatal alert).
+
+After its own close_notify, the event loop should wait `SHUTDOWN_TIMEOUT` for the client's, as nginx does.
 
 The session names its socket with `set_client_socket` before the event loop wraps it; the event loop runs
 the connection's callbacks in a copy of that context, where the SSLObject finds it.
@@ -41,11 +44,19 @@ _client_socket: ContextVar[socket.socket | None] = ContextVar("mailgate_tls_clie
 
 _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError)
 
+# How long nginx waits for the client's close_notify after sending its own (ngx_ssl_shutdown's timer).
+SHUTDOWN_TIMEOUT = 3.0
+
 
 def set_client_socket(sock: socket.socket) -> None:
     """Name the socket of the current task's client connection, before the event loop takes it (for
     `listen ... ssl` and for a plain connection that may turn to STARTTLS alike)."""
     _client_socket.set(sock)
+
+
+def close_without_notify(ssl_object: ssl.SSLObject) -> None:
+    """Let the coming shutdown send no close_notify, as nginx closes a client that timed out."""
+    libssl.SSL_set_quiet_shutdown(ssl_of(ssl_object), 1)
 
 
 class ClientSSLObject(ssl.SSLObject):
