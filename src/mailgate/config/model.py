@@ -94,7 +94,10 @@ class LogLevel(StrEnum):
     @property
     def severity(self) -> int:
         """0 for emerg ... 7 for debug (syslog numbering)."""
-        return list(LogLevel).index(self)
+        return _SEVERITIES[self]
+
+
+_SEVERITIES = {level: number for number, level in enumerate(LogLevel)}
 
 
 # ---------------------------------------------------------------------------------------------------------
