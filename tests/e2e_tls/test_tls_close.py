@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e_tls.support import KINDS, SERVER_NAME, Proxy, client_context, mail_config, running_both
+from tests.support.authserver import AuthReply
+from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
 from tests.support.loopback import IPV4_LOOPBACK
 from tests.tls.support import Pki
 
@@ -154,4 +156,54 @@ def test_client_that_timed_out_gets_no_close_notify(proxies: dict[str, Proxy], m
         client = connect(proxies[kind], "quick", mode, ssl.TLSVersion.TLSv1_3)
         with client.sock:
             ends[kind] = client.read_to_the_end()
+    assert ends["mailgate"] == ends["nginx"] == (b"", False)
+
+
+@MODES
+def test_a_clients_close_notify_is_not_answered(proxies: dict[str, Proxy], mode: str) -> None:
+    """nginx closes after the client's close_notify without sending its own (nor any other byte)."""
+    after = {}
+    for kind in KINDS:
+        client = connect(proxies[kind], "imap", mode, ssl.TLSVersion.TLSv1_3)
+        with client.sock:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                client.tls.unwrap()  # queues our close_notify
+            client.flush()
+            after[kind] = client.rest()
+    assert after["mailgate"] == after["nginx"] == b""
+
+
+IMAP_BACKEND = [
+    Send(b"* OK backend ready\r\n"),
+    Expect(b"}\r\n"),
+    Send(b"+ OK\r\n"),
+    Expect(b"}\r\n"),
+    Send(b"+ OK\r\n"),
+    Expect(b"\r\n"),
+    Send(b"a OK logged in\r\n"),
+    Echo(),
+]
+RELAY_TEMPLATE = mail_config(
+    """
+    server { listen 127.0.0.1:$relay_ssl ssl; protocol imap; proxy_timeout 2s; }
+"""
+)
+
+
+def test_a_relay_that_reaches_proxy_timeout_ends_without_close_notify(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ends = {}
+    with FakeBackend(IMAP_BACKEND) as backend:
+        reply = AuthReply.ok(IPV4_LOOPBACK, backend.port)
+        directory = tmp_path_factory.mktemp("relay")
+        with running_both(RELAY_TEMPLATE, pki.directory, directory, reply=reply) as both:
+            for kind in KINDS:
+                sock = socket.create_connection((IPV4_LOOPBACK, both[kind].port("relay_ssl")), timeout=30)
+                client = Client(sock, ssl.TLSVersion.TLSv1_3)
+                with client.sock:
+                    assert client.read_until(b"\r\n") == GREETING
+                    client.send(b"a LOGIN alice secret\r\n")
+                    assert client.read_until(b"\r\n") == b"a OK logged in\r\n"
+                    ends[kind] = client.read_to_the_end()  # nothing more is sent: proxy_timeout ends it
     assert ends["mailgate"] == ends["nginx"] == (b"", False)

@@ -14,6 +14,7 @@ the half-close is passed on to the backend, so nothing in flight is dropped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -176,7 +177,12 @@ class RelayOutcome:
 class Relay:
     """Pipes two Peers into each other until one side ends (see the module docstring for the rules)."""
 
-    def __init__(self, client: Peer, backend: Peer, timeout: float) -> None:
+    def __init__(
+        self, client: Peer, backend: Peer, timeout: float, on_timeout: Callable[[], None] | None = None
+    ) -> None:
+        """`on_timeout` runs just before the sides are closed for `proxy_timeout` (a TLS client is then
+        closed without close_notify, as nginx closes a connection that timed out)."""
+        self._on_timeout = on_timeout
         self._client = client
         self._backend = backend
         self._timeout = timeout
@@ -279,6 +285,8 @@ class Relay:
         if self._done.done():
             return
         if self._loop.time() >= self._last_activity + self._timeout:
+            if self._on_timeout is not None:
+                self._on_timeout()
             self._finish("timed out")
         else:
             self._arm_timer()

@@ -236,7 +236,7 @@ class Session:
         self._log(LogLevel.INFO, "client logged in")
         self.record.auth_result = "ok"
         to_backend = engine.take_unconsumed()
-        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout)
+        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout, self._close_client_quietly)
         self.action = "proxying"
         outcome = await self.relay.run(backend, to_backend)
         self._relay_finished(outcome)
@@ -587,14 +587,19 @@ class Session:
             self.record.close_reason = reason
         raise _SessionEndedError(reason)
 
+    def _close_client_quietly(self) -> None:
+        """The coming close sends no close_notify: nginx closes a client that timed out quietly."""
+        transport = self.client.transport if self.client is not None else None
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if isinstance(ssl_object, ssl.SSLObject):
+            close_without_notify(ssl_object)
+
     def _close_all(self) -> None:
         if self.backend is not None:
             self.backend.close()
         if self.client is not None:
-            if self.record.close_reason == "timed out" and self.client.transport is not None:
-                ssl_object = self.client.transport.get_extra_info("ssl_object")
-                if isinstance(ssl_object, ssl.SSLObject):
-                    close_without_notify(ssl_object)  # nginx closes a client that timed out quietly
+            if self.record.close_reason == "timed out":
+                self._close_client_quietly()
             self.client.close()
         else:
             with contextlib.suppress(OSError):

@@ -33,6 +33,7 @@ from mailgate.tls.libssl import (
     SSL_ERROR_SYSCALL,
     SSL_ERROR_WANT_READ,
     SSL_ERROR_WANT_WRITE,
+    SSL_RECEIVED_SHUTDOWN,
     SSL_SENT_SHUTDOWN,
     crypto,
     libssl,
@@ -99,9 +100,7 @@ class ClientSSLObject(ssl.SSLObject):
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:
         try:
-            if buffer is not None:
-                return self._sslobj.read(len, buffer)
-            return self._sslobj.read(len)
+            received = self._sslobj.read(len, buffer) if buffer is not None else self._sslobj.read(len)
         except _AGAIN:
             raise
         except ssl.SSLError as error:
@@ -110,6 +109,10 @@ class ClientSSLObject(ssl.SSLObject):
             if queued is None:  # no fatal alert: nothing better than Python's words
                 raise
             raise TlsError(ssl_call_failed("SSL_read()", queued)) from error
+        if not received and libssl.SSL_get_shutdown(self._ssl) & SSL_RECEIVED_SHUTDOWN:
+            # The client's close_notify (Python reads it as b""): nginx closes without answering it.
+            libssl.SSL_set_quiet_shutdown(self._ssl, 1)
+        return received
 
     def _send_alert(self) -> None:
         """Write what OpenSSL left in the outgoing BIO (its fatal alert) to the socket, without waiting: the
