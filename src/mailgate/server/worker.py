@@ -78,6 +78,22 @@ class ConnectionNumbers:
         return number
 
 
+@dataclass(frozen=True)
+class _AcceptedKind:
+    """What sockets accepted on one listening socket are, read from it once."""
+
+    family: int
+    type: int
+    proto: int
+    tcp: bool
+
+    @staticmethod
+    def of(listener: socket.socket) -> _AcceptedKind:
+        family = listener.family
+        tcp = family in (socket.AF_INET, socket.AF_INET6)
+        return _AcceptedKind(int(family), int(listener.type), listener.proto, tcp)
+
+
 class Acceptor:
     """Accepts connections on listening sockets and starts one session task for each.
 
@@ -127,7 +143,7 @@ class Acceptor:
         if not self._readers_installed and not self._stopped and not self._paused:
             self._readers_installed = True
             for plan, sock in self._listeners:
-                self._loop.add_reader(sock.fileno(), self._accept, plan, sock)
+                self._loop.add_reader(sock.fileno(), self._accept, plan, sock, _AcceptedKind.of(sock))
 
     def _remove_readers(self) -> None:
         if self._readers_installed:
@@ -142,10 +158,11 @@ class Acceptor:
         for task in list(self._sessions):
             task.cancel()
 
-    def _accept(self, plan: ListenerPlan, sock: socket.socket) -> None:
+    def _accept(self, plan: ListenerPlan, sock: socket.socket, kind: _AcceptedKind) -> None:
         while len(self._sessions) < self._limit:
             try:
-                conn, address = sock.accept()
+                # socket.accept() without its conversions of family and type to enums, twice per connection.
+                fd, address = sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -153,7 +170,8 @@ class Acceptor:
                 if error.errno == errno.ECONNABORTED:
                     continue
                 return
-            self._start_session(plan, conn, address)
+            conn = socket.socket(kind.family, kind.type, kind.proto, fileno=fd)
+            self._start_session(plan, conn, address, kind.tcp)
             if not self._multi_accept:
                 return
         if len(self._sessions) >= self._limit and self._readers_installed:
@@ -174,9 +192,9 @@ class Acceptor:
         if len(self._sessions) < self._limit:
             self._install_readers()
 
-    def _start_session(self, plan: ListenerPlan, conn: socket.socket, address: Any) -> None:
+    def _start_session(self, plan: ListenerPlan, conn: socket.socket, address: Any, tcp: bool) -> None:
         conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
+        if tcp:
             # nginx's mail module leaves Nagle on, which stalls replies behind delayed ACKs; we never do.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         endpoint = plan.route(conn.getsockname()) if plan.specific else plan.endpoint
