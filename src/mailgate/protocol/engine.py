@@ -71,6 +71,8 @@ class ClientBuffer:
     while the buffer is full wait in `pending`, as they would wait in the socket for nginx's next `recv`.
     """
 
+    __slots__ = ("_pending", "capacity", "data", "pos")
+
     def __init__(self, capacity: int) -> None:
         self.capacity = max(capacity, 1)
         self.data = bytearray()
@@ -149,6 +151,18 @@ class PreAuthEngine(ABC):
     not read from the client (nginx does not). After `Close` every call says `Close` again. Malformed
     input never raises: it is answered as nginx answers it.
     """
+
+    __slots__ = (
+        "_buffer",
+        "_close",
+        "_errors",
+        "_events",
+        "_phase",
+        "_salt",
+        "_salt_in_use",
+        "_server",
+        "_tls_active",
+    )
 
     internal_error_line: ClassVar[bytes]
     cert_error_line: ClassVar[bytes]
@@ -313,6 +327,19 @@ class VerbParser(Generic[CommandT]):
     spaces included (POP3 USER/PASS). After `continued_by` (AUTH) the parser reads SASL continuation
     lines as bare arguments until `expect_command`.
     """
+
+    __slots__ = (
+        "_arg_start",
+        "_arguments_end",
+        "_command_start",
+        "_continued_by",
+        "_keeps_spaces",
+        "_max_arguments",
+        "_verbs",
+        "args",
+        "command",
+        "state",
+    )
 
     def __init__(
         self,

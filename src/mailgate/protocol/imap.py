@@ -91,6 +91,22 @@ class ImapParser:
     tokens in `args`) until `expect_command` is called.
     """
 
+    __slots__ = (
+        "_arg_start",
+        "_backslash",
+        "_command_start",
+        "_literal_digits",
+        "_literal_length",
+        "_no_sync_literal",
+        "_quoted",
+        "_tag_start",
+        "args",
+        "close_after_invalid",
+        "command",
+        "state",
+        "tag",
+    )
+
     def __init__(self) -> None:
         self.state = _State.START
         self.tag = b""
@@ -330,6 +346,8 @@ _LINES = PerServer(_imap_lines)
 
 class ImapPreAuth(PreAuthEngine):
     """One IMAP client before authentication (see `PreAuthEngine` for the driving protocol)."""
+
+    __slots__ = ("_lines", "_parser", "_sasl")
 
     internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.IMAP]
     cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.IMAP]

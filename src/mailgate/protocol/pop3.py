@@ -85,6 +85,8 @@ class Pop3PreAuth(PreAuthEngine):
     (from `make_salt`), or the engine makes one.
     """
 
+    __slots__ = ("_apop", "_lines", "_parser", "_salted", "_sasl", "_user")
+
     internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.POP3]
     cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.POP3]
     no_cert_line: ClassVar[bytes] = NO_CERT[Protocol.POP3]

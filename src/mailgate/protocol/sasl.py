@@ -98,6 +98,8 @@ class SaslExchange:
     when enabled.
     """
 
+    __slots__ = ("_cram_md5_enabled", "_external_enabled", "_login", "_salt", "_step")
+
     def __init__(self, *, cram_md5: bool, external: bool, salt: Callable[[], bytes]) -> None:
         self._cram_md5_enabled = cram_md5
         self._external_enabled = external

@@ -98,6 +98,8 @@ _LINES = PerServer(_smtp_lines)
 class SmtpPreAuth(PreAuthEngine):
     """One SMTP client before authentication (see `PreAuthEngine` for the driving protocol)."""
 
+    __slots__ = ("_auth_none", "_esmtp", "_helo", "_lines", "_mail_from", "_parser", "_rcpt_to", "_sasl")
+
     internal_error_line: ClassVar[bytes] = INTERNAL_ERROR[Protocol.SMTP]
     cert_error_line: ClassVar[bytes] = CERT_ERROR[Protocol.SMTP]
     no_cert_line: ClassVar[bytes] = NO_CERT[Protocol.SMTP]
