@@ -86,7 +86,7 @@ class ServerRuntime:
     client_host_resolver: ClientHostResolver
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     """What a session did, for the session log written when it ends."""
 
@@ -129,6 +129,29 @@ class SessionRecord:
 class Session:
     """Runs one accepted connection to its end. `run()` never raises (except cancellation)."""
 
+    __slots__ = (
+        "_local_address",
+        "action",
+        "backend",
+        "client",
+        "client_address",
+        "connection",
+        "listen",
+        "log",
+        "login",
+        "loop",
+        "peer_address",
+        "proxy_header",
+        "record",
+        "relay",
+        "runtime",
+        "server",
+        "sock",
+        "starttls",
+        "tls",
+        "upstream",
+    )
+
     def __init__(
         self,
         runtime: ServerRuntime,
@@ -144,8 +167,9 @@ class Session:
         self.connection = connection
         self.loop = asyncio.get_running_loop()
         self.log = runtime.error_log
-        self.peer_address = SocketAddress.from_sockname(sock.family, peer_address)
-        self.local_address = SocketAddress.from_sockname(sock.family, sock.getsockname())
+        # The listening socket's family (sock.family converts to an enum on every read).
+        self.peer_address = SocketAddress.from_sockname(listen.family, peer_address)
+        self._local_address: SocketAddress | None = None
         self.client_address = self.peer_address
         self.proxy_header: ProxyProtocolHeader | None = None
         self.client: Peer | None = None
@@ -157,6 +181,13 @@ class Session:
         self.login: str | None = None
         self.upstream: str | None = None
         self.record = SessionRecord(connection, str(self.peer_address), listen.text, self.server.protocol)
+
+    @property
+    def local_address(self) -> SocketAddress:
+        """Our end of the client connection (asked of the socket when first needed)."""
+        if self._local_address is None:
+            self._local_address = SocketAddress.from_sockname(self.listen.family, self.sock.getsockname())
+        return self._local_address
 
     # -- logging
 
@@ -182,11 +213,12 @@ class Session:
     # -- the session
 
     async def run(self) -> SessionRecord:
-        self.log.log(
-            LogLevel.INFO,
-            f"client {self.peer_address} connected to {self.listen.text}",
-            connection=self.connection,
-        )
+        if self.log.enabled(LogLevel.INFO):
+            self.log.log(
+                LogLevel.INFO,
+                f"client {self.peer_address} connected to {self.listen.text}",
+                connection=self.connection,
+            )
         try:
             await self._run()
         except _SessionEndedError:
