@@ -318,28 +318,23 @@ class Session:
         self.record.client = str(self.client_address)
 
     async def _open_client(self, deadline: float) -> Peer:
-        context = self._tls_context() if self.listen.ssl else None
-        remaining = max(0.001, deadline - self.loop.time())
         set_client_socket(self.sock)  # before the loop takes it: a TLS failure then sends its alert at once
-        try:
-            transport, _ = await self.loop.connect_accepted_socket(
-                Peer,
-                self.sock,
-                ssl=context,
-                ssl_handshake_timeout=remaining if context else None,
-                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if context else None,
-            )
-            # uvloop returns its SSLProtocol rather than ours when ssl is given; the transport knows ours.
-            client = transport.get_protocol()
-            assert isinstance(client, Peer)
-        except (ssl.SSLError, OSError) as error:
-            if context is None:
-                raise
-            self._handshake_failed(error)
+        _, client = await self.loop.connect_accepted_socket(Peer, self.sock)
         self.client = client
-        if context is not None:
+        if self.listen.ssl:
+            await self._handshake(client, deadline)
             self.tls = self._read_tls_facts(client)
         return client
+
+    async def _handshake(self, client: Peer, deadline: float) -> None:
+        """The server TLS handshake on the client connection (TLS is terminated in `Peer`, on memory BIOs)."""
+        remaining = max(0.001, deadline - self.loop.time())
+        try:
+            done = await client.start_tls(self._tls_context(), remaining, SHUTDOWN_TIMEOUT)
+        except (ssl.SSLError, OSError) as error:
+            self._handshake_failed(error)
+        if not done:
+            self._end("client closed")
 
     def _handshake_failed(self, error: BaseException) -> NoReturn:
         """Log as nginx does (nothing for a timeout) and end the session."""
@@ -354,9 +349,8 @@ class Session:
         return self.runtime.tls.context
 
     def _ssl_object(self, client: Peer) -> ssl.SSLObject:
-        assert client.transport is not None
-        ssl_object = client.transport.get_extra_info("ssl_object")
-        assert isinstance(ssl_object, ssl.SSLObject)
+        ssl_object = client.ssl_object
+        assert ssl_object is not None
         return ssl_object
 
     def _read_tls_facts(self, client: Peer) -> TlsFacts:
@@ -382,21 +376,7 @@ class Session:
         client.discard_buffered()  # plaintext pipelined behind STARTTLS is never executed
         self.starttls = True
         self.action = "in starttls state"
-        remaining = max(0.001, deadline - self.loop.time())
-        try:
-            transport = await self.loop.start_tls(
-                client.transport,
-                client,
-                self._tls_context(),
-                server_side=True,
-                ssl_handshake_timeout=remaining,
-                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
-            )
-        except (ssl.SSLError, OSError) as error:
-            self._handshake_failed(error)
-        if transport is None:
-            self._end("client closed")
-        client.transport = transport
+        await self._handshake(client, deadline)
         self.record.tls_mode = "starttls"
         self.tls = self._read_tls_facts(client)
         await self._check_client_certificate(client)
@@ -621,9 +601,8 @@ class Session:
 
     def _close_client_quietly(self) -> None:
         """The coming close sends no close_notify: nginx closes a client that timed out quietly."""
-        transport = self.client.transport if self.client is not None else None
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        if isinstance(ssl_object, ssl.SSLObject):
+        ssl_object = self.client.ssl_object if self.client is not None else None
+        if ssl_object is not None:
             close_without_notify(ssl_object)
 
     def _close_all(self) -> None:

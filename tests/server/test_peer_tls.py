@@ -1,0 +1,243 @@
+"""TLS terminated in `Peer` (start_tls on memory BIOs over the plain transport), on loopback and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import uvloop
+
+from mailgate.proxy.relay import Peer, Relay
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for `localhost`."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    directory = Path(tmp_path_factory.mktemp("pki"))
+    leaf.cert_chain_pems[0].write_to_path(directory / "cert.pem")
+    leaf.private_key_pem.write_to_path(directory / "key.pem")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(coro, 60))
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, int, list[asyncio.Task[None]]]:
+    """A server whose connections are Peers handed to `handler` in a task each."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    def accept() -> Peer:
+        peer = Peer()
+        loop.call_soon(lambda: tasks.append(loop.create_task(handler(peer))))
+        return peer
+
+    server = await loop.create_server(accept, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1]), tasks
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def test_every_byte_crosses_a_tls_client_relay_in_order_both_ways(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = contexts
+    size = 4 * 1024 * 1024
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = await reader.readexactly(size)
+        payload = os.urandom(size)
+        writer.write(hashlib.sha256(received).digest() + payload + hashlib.sha256(payload).digest())
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend_server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        backend_port = backend_server.sockets[0].getsockname()[1]
+        outcomes = []
+
+        async def proxy(client: Peer) -> None:
+            assert await client.start_tls(server_context, 10, 3)
+            loop = asyncio.get_running_loop()
+            _, upstream = await loop.create_connection(Peer, "127.0.0.1", backend_port)
+            outcomes.append(await Relay(client, upstream, 30).run(b"", b""))
+
+        server, port, _ = await serve(proxy)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+        )
+        data = os.urandom(size)
+        for offset in range(0, size, 65521):
+            writer.write(data[offset : offset + 65521])
+        await writer.drain()
+        reply = await reader.readexactly(32 + size + 32)
+        assert reply[:32] == hashlib.sha256(data).digest()
+        assert hashlib.sha256(reply[32:-32]).digest() == reply[-32:]
+        writer.close()
+        await wait_for(lambda: len(outcomes) == 1)
+        assert outcomes[0].client_to_backend == size
+        assert outcomes[0].backend_to_client == size + 64
+        server.close()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_clienthello_that_arrived_before_start_tls_is_the_first_tls_input(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = contexts
+
+    async def greet(peer: Peer) -> None:
+        await asyncio.sleep(0.2)  # the ClientHello is in the Peer's buffer by now
+        assert await peer.start_tls(server_context, 10, 3)
+        peer.write(b"* OK ready\r\n")
+        assert await peer.read() == b"a LOGOUT\r\n"
+        peer.close()
+
+    async def main() -> None:
+        server, port, tasks = await serve(greet)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+        )
+        assert await reader.readline() == b"* OK ready\r\n"
+        writer.write(b"a LOGOUT\r\n")
+        assert await reader.read() == b""
+        writer.close()
+        await asyncio.gather(*tasks)
+        server.close()
+
+    run(main())
+
+
+def test_a_client_close_notify_ends_its_input(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, client_context = contexts
+    ends: list[bytes] = []
+
+    async def read_to_end(peer: Peer) -> None:
+        assert await peer.start_tls(server_context, 10, 3)
+        ends.append(await peer.read())
+        ends.append(await peer.read())
+        await wait_for(lambda: peer.is_closed)
+
+    async def main() -> None:
+        def client(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context.wrap_socket(raw, server_hostname="localhost")
+                tls.sendall(b"a NOOP\r\n")
+                time.sleep(0.1)
+                plain = tls.unwrap()  # close_notify; the server answers with its own and closes
+                return plain.recv(100)
+
+        server, port, tasks = await serve(read_to_end)
+        assert await asyncio.to_thread(client, port) == b""
+        await asyncio.gather(*tasks)
+        assert ends == [b"a NOOP\r\n", b""]
+        server.close()
+
+    run(main())
+
+
+def test_close_sends_close_notify_and_waits_for_the_clients_only_so_long(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = contexts
+    closed_after: list[float] = []
+
+    async def close_at_once(peer: Peer) -> None:
+        assert await peer.start_tls(server_context, 10, 0.3)
+        started = time.monotonic()
+        peer.close()
+        await wait_for(lambda: peer.is_closed)
+        closed_after.append(time.monotonic() - started)
+
+    async def main() -> None:
+        def client(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context.wrap_socket(raw, server_hostname="localhost")
+                received = tls.recv(100)  # the server's close_notify; we never answer it
+                time.sleep(1)
+                return received
+
+        server, port, tasks = await serve(close_at_once)
+        assert await asyncio.to_thread(client, port) == b""
+        await asyncio.gather(*tasks)
+        assert 0.25 < closed_after[0] < 3
+        server.close()
+
+    run(main())
+
+
+def test_a_handshake_that_never_starts_times_out_and_is_aborted() -> None:
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    failures: list[BaseException] = []
+
+    async def handshake(peer: Peer) -> None:
+        try:
+            await peer.start_tls(server_context, 0.2, 3)
+        except TimeoutError as error:
+            failures.append(error)
+
+    async def main() -> None:
+        def client(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                return raw.recv(100)
+
+        server, port, tasks = await serve(handshake)
+        assert await asyncio.to_thread(client, port) == b""
+        await asyncio.gather(*tasks)
+        assert len(failures) == 1
+        server.close()
+
+    run(main())
+
+
+def test_an_eof_in_the_handshake_is_a_reset_and_garbage_an_ssl_error(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, _ = contexts
+    failures: list[BaseException] = []
+
+    async def handshake(peer: Peer) -> None:
+        try:
+            await peer.start_tls(server_context, 5, 3)
+        except OSError as error:
+            failures.append(error)
+
+    async def main() -> None:
+        server, port, tasks = await serve(handshake)
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.shutdown(socket.SHUT_WR)
+            await wait_for(lambda: len(tasks) == 1)
+            await tasks[0]
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"a LOGIN user password\r\n")
+            await wait_for(lambda: len(tasks) == 2)
+            await tasks[1]
+        assert type(failures[0]) is ConnectionResetError
+        assert isinstance(failures[1], ssl.SSLError)
+        server.close()
+
+    run(main())
