@@ -262,3 +262,29 @@ def test_bytes_the_client_sent_before_the_relay_reach_the_backend_first_and_in_o
         backend_server.close()
 
     run(main())
+
+
+def test_a_peer_deadline_ends_waiting_reads_but_not_reads_that_need_no_wait() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        _, peer = await loop.create_connection(Peer, "127.0.0.1", port)
+        peer.set_deadline(loop.time() + 0.1)
+        started = loop.time()
+        try:
+            await peer.read()
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("read() outlived its deadline")
+        assert 0.05 < loop.time() - started < 5
+        peer.data_received(b"a NOOP\r\n")  # buffered: no wait, so no timeout even past the deadline
+        assert await peer.read() == b"a NOOP\r\n"
+        peer.set_deadline(None)
+        peer.data_received(b"b NOOP\r\n")
+        assert await asyncio.wait_for(peer.read(), 5) == b"b NOOP\r\n"
+        peer.close()
+        listener.close()
+
+    run(main())

@@ -42,9 +42,11 @@ class Peer(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_deadline",
         "_drain_waiter",
         "_eof",
         "_error",
+        "_expired",
         "_lost",
         "_read_waiter",
         "_reading_paused",
@@ -66,6 +68,8 @@ class Peer(asyncio.Protocol):
         self._reading_paused = False
         self._relay: Relay | None = None
         self._tls: _Tls | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._expired = False
 
     # -- asyncio.Protocol
 
@@ -102,6 +106,9 @@ class Peer(asyncio.Protocol):
         return True  # keep our sending side open so a half-closed client still gets its replies
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         tls = self._tls
         if tls is not None and tls.state is not _TlsState.CLOSED:
             self._tls_done(tls, exc if exc is not None else False)
@@ -140,9 +147,27 @@ class Peer(asyncio.Protocol):
         """Why the connection was lost, when it was an error (a reset) rather than a close."""
         return self._error if isinstance(self._error, OSError) else None
 
+    def set_deadline(self, when: float | None) -> None:
+        """From `when` on (event loop time), `read()` and `drain()` raise TimeoutError instead of waiting,
+        the one waiting then included; None: no deadline. One timer for a whole stage of a session."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._expired = False
+        if when is not None and not self._lost:
+            self._deadline = asyncio.get_running_loop().call_at(when, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        self._expired = True
+        self._wake_reader()
+        self._wake_drainer()
+
     async def read(self) -> bytes:
         """Everything received so far (waiting for at least one byte); b"" once the peer has closed."""
         while not self._buffer and not self._eof:
+            if self._expired:
+                raise TimeoutError
             waiter = asyncio.get_running_loop().create_future()
             self._read_waiter = waiter
             try:
@@ -190,6 +215,8 @@ class Peer(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError("connection lost")
         while self._write_paused:
+            if self._expired:
+                raise TimeoutError
             waiter = asyncio.get_running_loop().create_future()
             self._drain_waiter = waiter
             try:
@@ -201,6 +228,8 @@ class Peer(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after the pending output is written (over TLS: with close_notify, see `start_tls`)."""
+        if self._deadline is not None:
+            self.set_deadline(None)
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -214,6 +243,8 @@ class Peer(asyncio.Protocol):
             transport.abort()
 
     def abort(self) -> None:
+        if self._deadline is not None:
+            self.set_deadline(None)
         tls = self._tls
         if tls is not None and tls.state is not _TlsState.CLOSED:
             self._tls_done(tls, False)

@@ -262,8 +262,7 @@ class Session:
             await self._greeting_delay(client, engine)
         self.action = "sending client greeting line"
         client.write(engine.greeting())
-        deadline = self.loop.time() + self.server.core.timeout
-        backend, credentials = await self._pre_auth(client, engine, client_host, deadline)
+        backend, credentials = await self._pre_auth(client, engine, client_host)
         self.action = None  # nginx names no action for the login and the end of the relay
         self._log(LogLevel.INFO, "client logged in")
         self.record.auth_result = "ok"
@@ -411,17 +410,29 @@ class Session:
     # -- pre-authentication ----------------------------------------------------------------------------------
 
     async def _pre_auth(
-        self, client: Peer, engine: PreAuthEngine, client_host: str, deadline: float
+        self, client: Peer, engine: PreAuthEngine, client_host: str
     ) -> tuple[bytes, Credentials]:
-        """Drive the engine until a backend session is established; returns the backend's first bytes."""
+        """Drive the engine until a backend session is established; returns the backend's first bytes.
+
+        Waiting for the client is bounded by `timeout`, from the greeting and again after each rejected
+        login: one deadline on the client Peer (not a timer per wait).
+        """
         attempts = 0
         self.action = "in auth state"
+        deadline = self.loop.time() + self.server.core.timeout
+        client.set_deadline(deadline)
         while True:
             event = engine.next_event()
             if isinstance(event, Reply):
-                await self._write_reply(client, event.data, deadline)
+                await self._write_reply(client, event.data)
             elif isinstance(event, NeedData):
-                engine.receive_data(await self._read_client(client, deadline))
+                try:
+                    data = await client.read()  # awaited here: one coroutine less held by an idle session
+                except TimeoutError:
+                    self._client_timed_out()
+                if not data:
+                    self._client_closed(client)
+                engine.receive_data(data)
             elif isinstance(event, Log):
                 self._log(LogLevel(event.level), event.message)
             elif isinstance(event, StartTls):
@@ -434,28 +445,34 @@ class Session:
                 attempts += 1
                 outcome = await self._authenticate(client, engine, event.credentials, attempts, client_host)
                 if outcome is not None:
+                    client.set_deadline(None)
                     return outcome, event.credentials
                 deadline = self.loop.time() + self.server.core.timeout
+                client.set_deadline(deadline)
                 self.action = "in auth state"
 
-    async def _write_reply(self, client: Peer, data: bytes, deadline: float) -> None:
+    async def _write_reply(self, client: Peer, data: bytes) -> None:
         client.write(data)
         if client.transport is None or client.transport.get_write_buffer_size() == 0:
             return
         # nginx reads nothing more until a reply is written; pausing also keeps a ClientHello that follows a
         # STARTTLS reply in the socket, out of reach of the plaintext buffer.
         client.transport.pause_reading()
-        await self._until(client.drain(), deadline)
+        try:
+            await client.drain()
+        except TimeoutError:
+            self._client_timed_out()
         if not client.is_closed:
             client.transport.resume_reading()
 
-    async def _read_client(self, client: Peer, deadline: float) -> bytes:
-        data = await self._until(client.read(), deadline)
-        if not data:
-            if client.receive_error is not None:
-                self._log_receive_error(client.receive_error)
-            self._end("client closed")
-        return data
+    def _client_closed(self, client: Peer) -> NoReturn:
+        if client.receive_error is not None:
+            self._log_receive_error(client.receive_error)
+        self._end("client closed")
+
+    def _client_timed_out(self) -> NoReturn:
+        self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
+        self._end("timed out")
 
     def _log_receive_error(self, error: OSError, action: str | None = None) -> None:
         """A client connection that ended in an error, as nginx's recv() or SSL_read() reports it."""
@@ -471,13 +488,12 @@ class Session:
         self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
 
     async def _until(self, awaitable: Awaitable[T], deadline: float) -> T:
-        """Await within the pre-auth deadline; past it, log `client timed out` and end the session."""
+        """Await within `deadline`; past it, log `client timed out` and end the session."""
         try:
             async with asyncio.timeout_at(deadline):
                 return await awaitable
         except TimeoutError:
-            self._log(LogLevel.INFO, CLIENT_TIMED_OUT)
-            self._end("timed out")
+            self._client_timed_out()
 
     # -- authentication
 
@@ -569,22 +585,24 @@ class Session:
             self.action = UpstreamAction.SENDING_PROXY_HEADER
             peer.write(header)
             self.action = login.action
+        peer.set_deadline(deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    data = await peer.read()
-                    events = login.receive_data(data)
-                    self.action = login.action
-                    for event in events:
-                        if isinstance(event, Send):
-                            peer.write(event.data)
-                        elif isinstance(event, Done):
-                            return event.client_bytes
-                        else:
-                            self._backend_failed(client, event)
+            while True:
+                data = await peer.read()
+                events = login.receive_data(data)
+                self.action = login.action
+                for event in events:
+                    if isinstance(event, Send):
+                        peer.write(event.data)
+                    elif isinstance(event, Done):
+                        return event.client_bytes
+                    else:
+                        self._backend_failed(client, event)
         except TimeoutError:
             self.record.close_reason = "backend timed out"
             self._backend_failed(client, login.timed_out())
+        finally:
+            peer.set_deadline(None)
 
     def _backend_failed(self, client: Peer, failure: Failed) -> NoReturn:
         if failure.log_message:
