@@ -229,6 +229,7 @@ class Worker:
                 tls=generation.tls.get(id(server)),
                 error_log=generation.error_log_for(server),
                 client_host_resolver=ClientHostResolver(server.core),
+                session_log=generation.session_log_for(server) is not None,
             )
         self.sessions: set[Session] = set()
         self.acceptor = Acceptor(
@@ -303,9 +304,10 @@ def run_worker_process(
     code = 0
     try:
         mailgate_tls.after_fork()
-        setproctitle.setproctitle("mailgate: worker process")
         route_python_logger("mailgate.tls", generation.main_log)
         _init_process(generation, user)
+        # Titled once initialised (limits, user), as nginx's worker: a titled worker is a ready one.
+        setproctitle.setproctitle("mailgate: worker process")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve(generation, connection_numbers))
     except _WorkerInitError as error:
