@@ -84,6 +84,7 @@ class ServerRuntime:
     tls: ServerTls | None
     error_log: ErrorLog
     client_host_resolver: ClientHostResolver
+    session_log: bool = False  # the server writes a session log (which reports TLS facts)
 
 
 @dataclass(slots=True)
@@ -231,6 +232,11 @@ class Session:
             self.record.close_reason = "internal error"
         finally:
             self._close_all()
+        if self.runtime.session_log:
+            try:
+                self._tls_facts()  # for the session log's TLS fields
+            except Exception as error:
+                self._log(LogLevel.ALERT, f"reading TLS facts failed: {error!r}")
         return self.record
 
     def stop(self, reason: str) -> None:
@@ -322,7 +328,6 @@ class Session:
         self.client = client
         if self.listen.ssl:
             await self._handshake(client, deadline)
-            self.tls = self._read_tls_facts(client)
         return client
 
     async def _handshake(self, client: Peer, deadline: float) -> None:
@@ -352,10 +357,13 @@ class Session:
         assert ssl_object is not None
         return ssl_object
 
-    def _read_tls_facts(self, client: Peer) -> TlsFacts:
-        facts = tls_facts(self._ssl_object(client), self.server)
-        self.record.tls = facts
-        return facts
+    def _tls_facts(self) -> TlsFacts | None:
+        """The client's TLS facts once its handshake succeeded (read when first needed: the auth request,
+        the PROXY header, the session log), else None."""
+        if self.tls is None and self.record.tls_mode and self.client is not None:
+            self.tls = tls_facts(self._ssl_object(self.client), self.server)
+            self.record.tls = self.tls
+        return self.tls
 
     async def _check_client_certificate(self, client: Peer) -> None:
         check = check_client_certificate(self._ssl_object(client), self.server)
@@ -377,7 +385,6 @@ class Session:
         self.action = "in starttls state"
         await self._handshake(client, deadline)
         self.record.tls_mode = "starttls"
-        self.tls = self._read_tls_facts(client)
         await self._check_client_certificate(client)
 
     # -- SMTP before the greeting
@@ -482,7 +489,7 @@ class Session:
         if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's SSL_ERROR_* code, not an OS errno
             self._log(LogLevel.INFO, f"SSL_read() failed ({error})", action)
             return
-        if self.tls is not None:
+        if self.record.tls_mode:
             return  # nginx's SSL_read() takes a reset with nothing queued for a clean close: no line
         number = error.errno or 0
         self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
@@ -515,7 +522,7 @@ class Session:
             client_address=self.client_address.text,
             smtp_client_host=client_host,
             proxy_protocol=self.proxy_header,
-            tls=self.tls,
+            tls=self._tls_facts(),
         )
         decision = await authenticate(self.server, request)
         if isinstance(decision, InternalError):
@@ -579,7 +586,7 @@ class Session:
             self._internal_error(client, engine)
         self.backend = peer
         header = build_proxy_header(
-            self.server.proxy.proxy_protocol, self.client_address, self.local_address, self.tls
+            self.server.proxy.proxy_protocol, self.client_address, self.local_address, self._tls_facts()
         )
         if header is not None:
             self.action = UpstreamAction.SENDING_PROXY_HEADER

@@ -229,6 +229,7 @@ class Worker:
                 tls=generation.tls.get(id(server)),
                 error_log=generation.error_log_for(server),
                 client_host_resolver=ClientHostResolver(server.core),
+                session_log=generation.session_log_for(server) is not None,
             )
         self.sessions: set[Session] = set()
         self.acceptor = Acceptor(
