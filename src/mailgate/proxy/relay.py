@@ -47,6 +47,7 @@ class Peer(asyncio.Protocol):
         "_eof",
         "_error",
         "_expired",
+        "_loop",
         "_lost",
         "_read_waiter",
         "_reading_paused",
@@ -58,6 +59,7 @@ class Peer(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._eof = False
         self._lost = False
@@ -75,6 +77,8 @@ class Peer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: Python 3.11's get_running_loop() makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         tls = self._tls
@@ -155,7 +159,7 @@ class Peer(asyncio.Protocol):
             self._deadline = None
         self._expired = False
         if when is not None and not self._lost:
-            self._deadline = asyncio.get_running_loop().call_at(when, self._deadline_passed)
+            self._deadline = self._event_loop().call_at(when, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -168,7 +172,7 @@ class Peer(asyncio.Protocol):
         while not self._buffer and not self._eof:
             if self._expired:
                 raise TimeoutError
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._event_loop().create_future()
             self._read_waiter = waiter
             try:
                 await waiter
@@ -217,7 +221,7 @@ class Peer(asyncio.Protocol):
         while self._write_paused:
             if self._expired:
                 raise TimeoutError
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._event_loop().create_future()
             self._drain_waiter = waiter
             try:
                 await waiter
@@ -274,6 +278,12 @@ class Peer(asyncio.Protocol):
         if self._relay is not None:
             self._relay.end_of_input(self)
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _wake_reader(self) -> None:
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
@@ -305,7 +315,7 @@ class Peer(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             return False
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop()
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         ssl_object = context.wrap_bio(incoming, outgoing, server_side=True)
         tls = _Tls(ssl_object, incoming, outgoing, loop.create_future(), shutdown_timeout)
@@ -383,7 +393,7 @@ class Peer(asyncio.Protocol):
         tls.state = _TlsState.CLOSING
         if tls.timer is not None:
             tls.timer.cancel()
-        tls.timer = asyncio.get_running_loop().call_later(tls.shutdown_timeout, self._tls_timed_out, tls)
+        tls.timer = self._event_loop().call_later(tls.shutdown_timeout, self._tls_timed_out, tls)
         self._tls_shutdown(tls)
 
     def _tls_shutdown(self, tls: _Tls) -> None:
@@ -518,7 +528,7 @@ class Relay:
         self._client = client
         self._backend = backend
         self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
+        self._loop = client._event_loop()
         self._done: asyncio.Future[str] = self._loop.create_future()
         self._last_activity = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
