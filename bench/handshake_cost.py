@@ -1,6 +1,5 @@
 """Server-side CPU of one TLS handshake on mailgate's real SSL context, in memory, with and without its Python
-callbacks (the info callback and the ticket-key callback), so their cost is measured apart from sockets,
-the event loop and machine noise.
+ticket-key callback, so its cost is measured apart from sockets, the event loop and machine noise.
 
 Run with the project's venv after one `bench/run` (which writes the configuration and certificates):
 
@@ -21,7 +20,7 @@ from mailgate.tls import ServerTls, build_server_context
 from mailgate.tls.libssl import SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, libssl, ssl_ctx_of
 
 CONF = Path(__file__).resolve().parent / "results/mailgate/mailgate.conf"
-VARIANTS = ("as configured", "no info callback", "no ticket-key callback", "neither")
+VARIANTS = ("as configured", "no ticket-key callback")
 MODES = ("full TLS 1.3", "resumed TLS 1.3", "resumed TLS 1.2")
 BATCH = 25  # handshakes per turn; a variant's cost is the median of its batches' means
 
@@ -32,9 +31,7 @@ def server_context(conf: Path, variant: str) -> ServerTls:
     assert config.mail is not None
     tls = build_server_context(config.mail.servers[0], prefix=conf.parent)
     ctx = ssl_ctx_of(tls.context)
-    if variant in ("no info callback", "neither"):
-        libssl.SSL_CTX_set_info_callback(ctx, None)
-    if variant in ("no ticket-key callback", "neither"):
+    if variant == "no ticket-key callback":
         libssl.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, None)
     return tls
 

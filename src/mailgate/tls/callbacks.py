@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.tls.libssl import (
-    CRYPTO_EX_INDEX_SSL,
     SSL3_AL_FATAL,
     SSL_AD_REASON_OFFSET,
-    SSL_CB_ACCEPT_LOOP,
     SSL_CB_ALERT,
     SSL_CB_READ,
     SSL_OP_NO_TICKET,
@@ -36,6 +34,7 @@ from mailgate.tls.libssl import (
     error_string,
     libssl,
     peek_errors,
+    pointer_of,
     ssl_error_code,
 )
 from mailgate.tls.sessions import MAX_SESSION_SIZE, SharedSessionCache
@@ -56,7 +55,6 @@ class CallbackState:
 
 _states: dict[int, CallbackState] = {}
 _alpn_names: dict[bytes, Any] = {}  # persistent buffers OpenSSL may point into after the callback returns
-_timeout_clamped_index = crypto.CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, None, None, None, None)
 # For each watched connection (by SSL*), the OpenSSL errors behind its last fatal alert, sent or received.
 _fatal_alerts: dict[int, list[QueuedError] | None] = {}
 
@@ -180,9 +178,10 @@ def _remove_session(ssl_ctx: int, session: int) -> None:
 
 
 def _info(ssl: int, where: int, ret: int) -> None:
+    # Installed on a connection only once its handshake is done (see ClientSSLObject): after it, state
+    # changes are rare, and a failed read needs the errors behind a fatal alert that Python's ssl discards.
     if where & SSL_CB_ALERT and ret >> 8 == SSL3_AL_FATAL and ssl in _fatal_alerts:
         _note_fatal_alert(ssl, where, ret)
-    _clamp_tls13_session_lifetime(ssl, where)
 
 
 def _note_fatal_alert(ssl: int, where: int, alert: int) -> None:
@@ -198,28 +197,32 @@ def _note_fatal_alert(ssl: int, where: int, alert: int) -> None:
         log.exception("reading the errors behind a fatal alert failed")
 
 
-def _clamp_tls13_session_lifetime(ssl: int, where: int) -> None:
-    # TLS 1.3 resumption renews a session's creation time; keep its total lifetime within the timeout.
-    try:
-        if where & SSL_CB_ACCEPT_LOOP != SSL_CB_ACCEPT_LOOP or libssl.SSL_version(ssl) != TLS1_3_VERSION:
-            return
-        if libssl.SSL_get_ex_data(ssl, _timeout_clamped_index):
-            return
-        session = libssl.SSL_get_session(ssl)
-        if not session:
-            return
-        libssl.SSL_set_ex_data(ssl, _timeout_clamped_index, 1)
-        now = int(time.time())
-        created = libssl.SSL_SESSION_get_time(session)
-        ssl_ctx = libssl.SSL_get_SSL_CTX(ssl)
-        timeout = min(libssl.SSL_SESSION_get_timeout(session), libssl.SSL_CTX_get_timeout(ssl_ctx))
-        if now - created >= timeout:
-            libssl.SSL_SESSION_set1_id_context(session, b"", 0)
-        else:
-            libssl.SSL_SESSION_set_time(session, now)
-            libssl.SSL_SESSION_set_timeout(session, timeout - (now - created))
-    except Exception:
-        log.exception("adjusting a TLS 1.3 session lifetime failed")
+def clamp_resumed_tls13_lifetime(ssl: int) -> None:
+    """TLS 1.3 resumption renews a session's creation time; keep its total lifetime within the timeout.
+
+    Called between the server's first flight and the client's Finished, before OpenSSL issues the new
+    tickets, on a connection that resumed a TLS 1.3 session (a ctypes call from the handshake driver, not an
+    info callback that would run on every handshake state change).
+    """
+    session = libssl.SSL_get_session(ssl)
+    if not session:
+        return
+    now = int(time.time())
+    created = libssl.SSL_SESSION_get_time(session)
+    ssl_ctx = libssl.SSL_get_SSL_CTX(ssl)
+    timeout = min(libssl.SSL_SESSION_get_timeout(session), libssl.SSL_CTX_get_timeout(ssl_ctx))
+    if now - created >= timeout:
+        libssl.SSL_SESSION_set1_id_context(session, b"", 0)
+    else:
+        libssl.SSL_SESSION_set_time(session, now)
+        libssl.SSL_SESSION_set_timeout(session, timeout - (now - created))
+
+
+# Static objects of libcrypto, looked up once rather than through ctypes on every ticket.
+_SHA256 = crypto.EVP_sha256()
+_AES_128_CBC = crypto.EVP_aes_128_cbc()
+_AES_256_CBC = crypto.EVP_aes_256_cbc()
+_AES_IV_LENGTH = crypto.EVP_CIPHER_get_iv_length(_AES_128_CBC)
 
 
 def _ticket_key(  # noqa: PLR0917 - the C callback's signature
@@ -230,11 +233,11 @@ def _ticket_key(  # noqa: PLR0917 - the C callback's signature
         if state is None or state.ticket_keys is None:
             return -1
         keys = state.ticket_keys.current(state.timeout)
-        digest = crypto.EVP_sha256()
+        digest = _SHA256
         if encrypt == 1:
             key = keys[0]
-            cipher = crypto.EVP_aes_128_cbc() if key.size == 48 else crypto.EVP_aes_256_cbc()
-            if crypto.RAND_bytes(iv, crypto.EVP_CIPHER_get_iv_length(cipher)) != 1:
+            cipher = _AES_128_CBC if key.size == 48 else _AES_256_CBC
+            if crypto.RAND_bytes(iv, _AES_IV_LENGTH) != 1:
                 return -1
             if crypto.EVP_EncryptInit_ex(cipher_ctx, cipher, None, key.aes_key, iv) != 1:
                 return -1
@@ -247,7 +250,7 @@ def _ticket_key(  # noqa: PLR0917 - the C callback's signature
         if index is None:
             return 0  # unknown key: a full handshake, and a fresh ticket
         key = keys[index]
-        cipher = crypto.EVP_aes_128_cbc() if key.size == 48 else crypto.EVP_aes_256_cbc()
+        cipher = _AES_128_CBC if key.size == 48 else _AES_256_CBC
         if crypto.HMAC_Init_ex(hmac_ctx, key.hmac_key, len(key.hmac_key), digest, None) != 1:
             return -1
         if crypto.EVP_DecryptInit_ex(cipher_ctx, cipher, None, key.aes_key, iv) != 1:
@@ -266,4 +269,5 @@ NEW_SESSION = NewSessionCallback(_new_session)
 GET_SESSION = GetSessionCallback(_get_session)
 REMOVE_SESSION = RemoveSessionCallback(_remove_session)
 INFO = InfoCallback(_info)
+INFO_POINTER = pointer_of(INFO)
 TICKET_KEY = TicketKeyCallback(_ticket_key)

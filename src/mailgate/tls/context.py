@@ -149,7 +149,6 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
     context.sslobject_class = ClientSSLObject
     ctx = ssl_ctx_of(context)
     _set_fixed_options(ctx, settings.protocols)
-    libssl.SSL_CTX_set_info_callback(ctx, pointer_of(callbacks.INFO))
     libssl.SSL_CTX_set_alpn_select_cb(ctx, pointer_of(callbacks.ALPN_SELECT), None)
 
     if libssl.SSL_CTX_set_cipher_list(ctx, settings.ciphers.encode()) == 0:

@@ -155,6 +155,7 @@ _LIBSSL: list[tuple[Any, ...]] = [
     ("SSL_CTX_sess_set_remove_cb", None, c_void_p, c_void_p),
     ("SSL_CTX_remove_session", c_int, c_void_p, c_void_p),
     ("SSL_CTX_set_info_callback", None, c_void_p, c_void_p),
+    ("SSL_set_info_callback", None, c_void_p, c_void_p),
     ("SSL_CONF_CTX_new", c_void_p),
     ("SSL_CONF_CTX_free", None, c_void_p),
     ("SSL_CONF_CTX_set_flags", c_uint, c_void_p, c_uint),

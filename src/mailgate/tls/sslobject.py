@@ -35,6 +35,7 @@ from mailgate.tls.libssl import (
     SSL_ERROR_WANT_WRITE,
     SSL_RECEIVED_SHUTDOWN,
     SSL_SENT_SHUTDOWN,
+    TLS1_3_VERSION,
     crypto,
     libssl,
     ssl_of,
@@ -67,6 +68,7 @@ class ClientSSLObject(ssl.SSLObject):
     _outgoing: ssl.MemoryBIO
     _socket: socket.socket | None
     _ssl: int
+    _resumption_checked: bool
 
     @classmethod
     def _create(
@@ -76,6 +78,7 @@ class ClientSSLObject(ssl.SSLObject):
         self._outgoing = outgoing
         self._socket = _client_socket.get()
         self._ssl = ssl_of(self)
+        self._resumption_checked = False
         callbacks.watch_fatal_alerts(self._ssl)
         return self
 
@@ -84,9 +87,16 @@ class ClientSSLObject(ssl.SSLObject):
         result = libssl.SSL_do_handshake(self._ssl)
         if result == 1:
             self._sslobj.do_handshake()  # returns at once; Python's ssl sees the handshake completed
+            libssl.SSL_set_info_callback(self._ssl, callbacks.INFO_POINTER)
             return
         error = libssl.SSL_get_error(self._ssl, result)
         if error == SSL_ERROR_WANT_READ:
+            if not self._resumption_checked and libssl.SSL_session_reused(self._ssl):
+                # The server's flight is out and the client's Finished not yet read: OpenSSL has not issued
+                # this connection's new tickets yet.
+                self._resumption_checked = True
+                if libssl.SSL_version(self._ssl) == TLS1_3_VERSION:
+                    callbacks.clamp_resumed_tls13_lifetime(self._ssl)
             raise ssl.SSLWantReadError(error, "The operation did not complete (read)")
         if error == SSL_ERROR_WANT_WRITE:
             raise ssl.SSLWantWriteError(error, "The operation did not complete (write)")
