@@ -8,6 +8,7 @@ and are taken one at a time with sigtimedwait, so nothing happens between two of
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -137,9 +138,13 @@ class Master:
             self._spawn()
 
     def _spawn(self) -> None:
+        # The master's objects go to the collector's permanent generation across fork(): a worker's full
+        # collection would otherwise write to every inherited object's header and copy the whole heap.
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as error:
+            gc.unfreeze()
             self.log.log(
                 LogLevel.ALERT,
                 f'fork() failed while spawning "worker process" ({error.errno}: {error.strerror})',
@@ -147,6 +152,7 @@ class Master:
             return
         if pid == 0:
             run_worker_process(self.generation, self.connection_numbers, self.user)
+        gc.unfreeze()  # the master's own garbage (an old generation after a reload) stays collectable
         self.workers[pid] = WorkerProcess(pid, self.generation)
         self.log.log(LogLevel.NOTICE, f"start worker process {pid}")
 
