@@ -34,6 +34,8 @@ SERVER_NAME = "mail.test"
 READ_TIMEOUT = 15.0
 # What every test auth server answers unless told otherwise: a refusal, so sessions end at authentication.
 REFUSAL = "Invalid login or password"
+# The greeting of every IMAP server these tests configure (nginx's default).
+IMAP_GREETING = b"* OK IMAP4 ready\r\n"
 
 _PORT_PLACEHOLDER = re.compile(r"listen\s+127\.0\.0\.1:\$\{?(\w+)\}?")
 
@@ -155,6 +157,32 @@ def running_both(
 
 # ---------------------------------------------------------------------------------------------------------
 # Python's ssl as the client
+
+
+def open_at_client_hello(
+    proxy: Proxy, listener: str, mode: str, timeout: float = READ_TIMEOUT
+) -> socket.socket:
+    """A raw connection to an IMAP `listener` at the point where the server expects a ClientHello:
+    at once for implicit TLS, after the greeting and `a STARTTLS` for `mode` "on"."""
+    sock = socket.create_connection((IPV4_LOOPBACK, proxy.port(listener)), timeout=timeout)
+    if mode == "on":
+        received = b""
+        while b"a OK" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+            if received.endswith(IMAP_GREETING):
+                sock.sendall(b"a STARTTLS\r\n")
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (a reset counts as a close)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
 
 
 def client_context(

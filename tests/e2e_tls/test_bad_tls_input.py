@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e_tls.support import (
+    IMAP_GREETING,
     KINDS,
     READ_TIMEOUT,
     SERVER_NAME,
@@ -24,10 +25,12 @@ from tests.e2e_tls.support import (
     Proxy,
     client_context,
     mail_config,
+    open_at_client_hello,
+    read_until_closed,
     running_both,
     s_client,
 )
-from tests.support.loopback import IPV4_LOOPBACK, wait_until
+from tests.support.loopback import wait_until
 from tests.tls.support import Pki
 
 pytestmark = pytest.mark.nginx
@@ -39,7 +42,6 @@ TEMPLATE = mail_config(
     server { listen 127.0.0.1:$smtp_ssl ssl; listen 127.0.0.1:$smtp_on; protocol smtp; starttls on; }
 """
 )
-GREETING = b"* OK IMAP4 ready\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -51,38 +53,16 @@ def proxies(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
 def still_serves(proxy: Proxy) -> None:
     """A fresh implicit-TLS session and a fresh STARTTLS session both work."""
     with Conversation.open(proxy.port("imap_ssl"), client_context()) as implicit:
-        assert implicit.line() == GREETING
+        assert implicit.line() == IMAP_GREETING
         implicit.send(b"a NOOP\r\n")
         assert implicit.reply("imap", b"a") == b"a OK completed\r\n"
     with Conversation.open(proxy.port("imap_on")) as starttls:
-        assert starttls.line() == GREETING
+        assert starttls.line() == IMAP_GREETING
         starttls.send(b"a STARTTLS\r\n")
         assert starttls.reply("imap", b"a") == b"a OK completed\r\n"
         starttls.start_tls(client_context())
         starttls.send(b"b NOOP\r\n")
         assert starttls.reply("imap", b"b") == b"b OK completed\r\n"
-
-
-def open_plain(proxy: Proxy, mode: str) -> socket.socket:
-    """A connection at the point where the server expects a ClientHello (implicit, or after STARTTLS)."""
-    sock = socket.create_connection((IPV4_LOOPBACK, proxy.port(f"imap_{mode}")), timeout=READ_TIMEOUT)
-    if mode == "on":
-        received = b""
-        while b"a OK" not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-            if received.endswith(GREETING):
-                sock.sendall(b"a STARTTLS\r\n")
-    return sock
-
-
-def until_closed(sock: socket.socket) -> bytes:
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 ALERT = 21  # TLS record type of an alert; a fatal one is 7 bytes on the wire
@@ -91,7 +71,7 @@ ALERT = 21  # TLS record type of an alert; a fatal one is 7 bytes on the wire
 def answer_to_garbage(sock: socket.socket) -> bytes:
     """What the server sends until it closes (an alert, or nothing, then the close: nginx does not wait for
     the client's answer to its alert, nor does mailgate)."""
-    return until_closed(sock)
+    return read_until_closed(sock)
 
 
 # --- garbage instead of a ClientHello ---------------------------------------------------------------------
@@ -112,7 +92,7 @@ def test_garbage_instead_of_a_client_hello_ends_only_that_session(
 ) -> None:
     answers = {}
     for kind in KINDS:
-        with open_plain(proxies[kind], mode) as sock:
+        with open_at_client_hello(proxies[kind], f"imap_{mode}", mode) as sock:
             sock.sendall(GARBAGE[garbage])
             answers[kind] = answer_to_garbage(sock)
         still_serves(proxies[kind])
@@ -142,10 +122,10 @@ def test_failed_handshake_sends_its_alert_and_closes_without_waiting_for_a_silen
     data = GARBAGE[hello] if hello in GARBAGE else alpn_h2_client_hello()
     answers = {}
     for kind in KINDS:
-        with open_plain(proxies[kind], mode) as sock:
+        with open_at_client_hello(proxies[kind], f"imap_{mode}", mode) as sock:
             sock.settimeout(SILENT_CLIENT_TIMEOUT)
             sock.sendall(data)
-            answers[kind] = until_closed(sock)
+            answers[kind] = read_until_closed(sock)
     assert answers["mailgate"] == answers["nginx"]
     assert len(answers["mailgate"]) == 7 and answers["mailgate"][0] == ALERT
 
@@ -202,11 +182,11 @@ def test_handshake_cut_at_each_step_ends_only_that_session(
     proxies: dict[str, Proxy], step: str, mode: str, version: ssl.TLSVersion
 ) -> None:
     proxy = proxies["mailgate"]
-    with open_plain(proxy, mode) as sock:
+    with open_at_client_hello(proxy, f"imap_{mode}", mode) as sock:
         cut_handshake(sock, version, step)
         sock.shutdown(socket.SHUT_WR)
         # The server gives up on the session (it never greets) and closes.
-        assert GREETING not in until_closed(sock)
+        assert IMAP_GREETING not in read_until_closed(sock)
     still_serves(proxy)
 
 
@@ -251,7 +231,7 @@ def test_alpn_with_python_ssl_selects_imap_among_others(proxies: dict[str, Proxy
     for kind in KINDS:
         context = client_context(alpn=["h2", "imap", "pop3"])
         with Conversation.open(proxies[kind].port("imap_ssl"), context) as conversation:
-            assert conversation.line() == GREETING
+            assert conversation.line() == IMAP_GREETING
             assert conversation.tls is not None
             assert conversation.tls.selected_alpn_protocol() == "imap"
 

@@ -15,7 +15,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e_tls.support import KINDS, SERVER_NAME, Proxy, client_context, mail_config, running_both
+from tests.e2e_tls.support import (
+    IMAP_GREETING,
+    KINDS,
+    SERVER_NAME,
+    Proxy,
+    client_context,
+    mail_config,
+    open_at_client_hello,
+    running_both,
+)
 from tests.support.authserver import AuthReply
 from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
 from tests.support.loopback import IPV4_LOOPBACK
@@ -32,7 +41,6 @@ TEMPLATE = mail_config(
     }
 """
 )
-GREETING = b"* OK IMAP4 ready\r\n"
 # Far above nginx's 3 s wait for the client's close_notify, far below the event loop's own default (30 s).
 CLOSE_TIMEOUT = 12.0
 
@@ -108,18 +116,10 @@ class Client:
 
 
 def connect(proxy: Proxy, server: str, mode: str, version: ssl.TLSVersion) -> Client:
-    sock = socket.create_connection((IPV4_LOOPBACK, proxy.port(f"{server}_{mode}")), timeout=CLOSE_TIMEOUT)
-    if mode == "on":
-        received = b""
-        while b"a OK" not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-            if received.endswith(GREETING):
-                sock.sendall(b"a STARTTLS\r\n")
+    sock = open_at_client_hello(proxy, f"{server}_{mode}", mode, CLOSE_TIMEOUT)
     client = Client(sock, version)
     if mode == "ssl":
-        assert client.read_until(b"\r\n") == GREETING
+        assert client.read_until(b"\r\n") == IMAP_GREETING
     else:  # read past what the server sends after the handshake (TLS 1.3 session tickets)
         client.send(b"n NOOP\r\n")
         assert client.read_until(b"\r\n") == b"n OK completed\r\n"
@@ -202,7 +202,7 @@ def test_a_relay_that_reaches_proxy_timeout_ends_without_close_notify(
                 sock = socket.create_connection((IPV4_LOOPBACK, both[kind].port("relay_ssl")), timeout=30)
                 client = Client(sock, ssl.TLSVersion.TLSv1_3)
                 with client.sock:
-                    assert client.read_until(b"\r\n") == GREETING
+                    assert client.read_until(b"\r\n") == IMAP_GREETING
                     client.send(b"a LOGIN alice secret\r\n")
                     assert client.read_until(b"\r\n") == b"a OK logged in\r\n"
                     ends[kind] = client.read_to_the_end()  # nothing more is sent: proxy_timeout ends it

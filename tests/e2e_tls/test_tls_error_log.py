@@ -23,12 +23,15 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e_tls.support import (
+    IMAP_GREETING,
     KINDS,
     READ_TIMEOUT,
     SERVER_NAME,
     Proxy,
     client_context,
     mail_config,
+    open_at_client_hello,
+    read_until_closed,
     running,
 )
 from tests.support.authserver import AuthReply, AuthRequest
@@ -48,7 +51,6 @@ TEMPLATE = mail_config(
     server { listen 127.0.0.1:$marker; protocol imap; }
 """
 )
-GREETING = b"* OK IMAP4 ready\r\n"
 MARKER_LOGIN = b"m LOGIN marker secret\r\n"
 _LOG_LINE = re.compile(
     r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(?P<level>\w+)\] \d+#\d+: (?:\*\d+ )?(?P<text>.*)$"
@@ -112,7 +114,7 @@ def send_marker(proxy: Proxy) -> None:
     with socket.create_connection((IPV4_LOOPBACK, proxy.port("marker")), timeout=READ_TIMEOUT) as sock:
         received = b""
         while not received.endswith(b"\r\n") or b"m " not in received:
-            if received.endswith(GREETING):
+            if received.endswith(IMAP_GREETING):
                 sock.sendall(MARKER_LOGIN)
             chunk = sock.recv(4096)
             if not chunk:
@@ -150,28 +152,6 @@ def both(servers: Servers, case: Callable[[Proxy], None], expected: int) -> list
 # --- clients ----------------------------------------------------------------------------------------------
 
 
-def open_plain(proxy: Proxy, server: str, mode: str) -> socket.socket:
-    """A connection where the server expects a ClientHello (implicit TLS, or after STARTTLS)."""
-    sock = socket.create_connection((IPV4_LOOPBACK, proxy.port(f"{server}_{mode}")), timeout=READ_TIMEOUT)
-    if mode == "on":
-        received = b""
-        while b"a OK" not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-            if received.endswith(GREETING):
-                sock.sendall(b"a STARTTLS\r\n")
-    return sock
-
-
-def until_closed(sock: socket.socket) -> bytes:
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 def client_hello(context: ssl.SSLContext) -> bytes:
     tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=SERVER_NAME)
     with contextlib.suppress(ssl.SSLWantReadError):
@@ -190,7 +170,7 @@ Case = Callable[[socket.socket], None]
 def sends(data: bytes) -> Case:
     def case(sock: socket.socket) -> None:
         sock.sendall(data)
-        until_closed(sock)
+        read_until_closed(sock)
 
     return case
 
@@ -199,7 +179,7 @@ def hello_then_eof(sock: socket.socket) -> None:
     hello = client_hello(client_context())
     sock.sendall(hello[: len(hello) // 2])
     sock.shutdown(socket.SHUT_WR)
-    until_closed(sock)
+    read_until_closed(sock)
 
 
 def hello_then_reset(sock: socket.socket) -> None:
@@ -238,7 +218,7 @@ def verifying_with(ca_file: object) -> ssl.SSLContext:
 
 
 def silence(sock: socket.socket) -> None:
-    assert until_closed(sock) == b""
+    assert read_until_closed(sock) == b""
 
 
 def failed(reason: str) -> str:
@@ -306,7 +286,7 @@ def test_failed_handshake_is_logged_as_nginx_logs_it(
     make_case, expected = HANDSHAKES[name]
 
     def case(proxy: Proxy) -> None:
-        with contextlib.closing(open_plain(proxy, "imap", mode)) as sock:
+        with contextlib.closing(open_at_client_hello(proxy, f"imap_{mode}", mode)) as sock:
             make_case(pki)(sock)
 
     context = CONTEXT[mode].format(server="imap")
@@ -316,7 +296,7 @@ def test_failed_handshake_is_logged_as_nginx_logs_it(
 @pytest.mark.parametrize("mode", ["ssl", "on"], ids=["implicit", "starttls"])
 def test_handshake_timeout_closes_without_a_line(servers: Servers, mode: str) -> None:
     def case(proxy: Proxy) -> None:
-        with contextlib.closing(open_plain(proxy, "quick", mode)) as sock:
+        with contextlib.closing(open_at_client_hello(proxy, f"quick_{mode}", mode)) as sock:
             silence(sock)
 
     assert both(servers, case, 0) == []
@@ -327,10 +307,10 @@ def test_handshake_timeout_closes_without_a_line(servers: Servers, mode: str) ->
 
 def tls_session(proxy: Proxy, mode: str) -> tuple[ssl.SSLSocket, socket.socket]:
     """A TLS 1.2 session in the auth state, and a second handle on its socket to write raw records."""
-    sock = open_plain(proxy, "imap", mode)
+    sock = open_at_client_hello(proxy, f"imap_{mode}", mode)
     tls = client_context(version=ssl.TLSVersion.TLSv1_2).wrap_socket(sock, server_hostname=SERVER_NAME)
     if mode == "ssl":
-        assert tls.recv(1024) == GREETING
+        assert tls.recv(1024) == IMAP_GREETING
     tls.sendall(b"n NOOP\r\n")
     assert tls.recv(1024) == b"n OK completed\r\n"
     raw = socket.socket(fileno=os.dup(tls.fileno()))
@@ -356,7 +336,7 @@ def test_record_that_does_not_decrypt_is_crit_with_every_queued_error_and_gets_i
         tls, raw = tls_session(proxy, mode)
         with tls, raw:
             raw.sendall(BOGUS_RECORD)
-            answers.append(until_closed(raw))
+            answers.append(read_until_closed(raw))
 
     lines = both(servers, case, 1)
     assert lines == [
@@ -403,7 +383,7 @@ def test_record_that_does_not_decrypt_while_relaying(servers: Servers) -> None:
         tls, raw = relayed_session(proxy)
         with tls, raw:
             raw.sendall(BOGUS_RECORD)
-            until_closed(raw)
+            read_until_closed(raw)
 
     assert both(servers, case, 3) == [
         "[info] client logged in" + RELAY_CONTEXT,
