@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.harness import KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
 from tests.support.authserver import AuthRequest, AuthServer
-from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
+from tests.support.fake_backend import IMAP_LOGIN_THEN_ECHO, FakeBackend
 from tests.support.loopback import IPV4_LOOPBACK
 from tests.support.mailstore import MailUser, StoredMessage, build_message
 from tests.support.postfix import Postfix
@@ -70,19 +70,6 @@ def template(kind: ProxyKind) -> str:
     return SERVERS.replace("$mailgate_only", V2_SERVER if kind == "mailgate" else "")
 
 
-# The IMAP backend: lets alice log in with `secret`, then echoes; the proxy's PROXY header comes first.
-IMAP_BACKEND = [
-    Send(b"* OK backend ready\r\n"),
-    Expect(b"a1 LOGIN {5}\r\n"),
-    Send(b"+ OK\r\n"),
-    Expect(b"alice {6}\r\n"),
-    Send(b"+ OK\r\n"),
-    Expect(b"secret\r\n"),
-    Send(b"a1 OK backend logged in\r\n"),
-    Echo(),
-]
-
-
 @dataclass
 class Setup:
     auth: AuthServer
@@ -94,7 +81,7 @@ class Setup:
 def setup(postfix: Postfix, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("proxy-protocol")
     with ExitStack() as stack:
-        backend = stack.enter_context(FakeBackend(IMAP_BACKEND))
+        backend = stack.enter_context(FakeBackend(IMAP_LOGIN_THEN_ECHO))
         auth = stack.enter_context(AuthServer())
         auth.route("imap", IPV4_LOOPBACK, backend.port)
         auth.route("smtp", postfix.host, postfix.smtp_port)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.harness import IO_TIMEOUT, KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
 from tests.support.authserver import AuthReply, AuthServer
-from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
+from tests.support.fake_backend import IMAP_LOGIN_THEN_ECHO, Expect, FakeBackend, Send
 from tests.support.loopback import IPV4_LOOPBACK
 
 pytestmark = pytest.mark.nginx
@@ -62,17 +62,6 @@ mail {
     }
 }
 """
-# Logs alice in with `secret`, then echoes.
-IMAP_BACKEND_LOGIN = [
-    Send(b"* OK backend ready\r\n"),
-    Expect(b"a1 LOGIN {5}\r\n"),
-    Send(b"+ OK\r\n"),
-    Expect(b"alice {6}\r\n"),
-    Send(b"+ OK\r\n"),
-    Expect(b"secret\r\n"),
-    Send(b"a1 OK backend logged in\r\n"),
-    Echo(),
-]
 
 
 # Greets, reads the proxy's LOGIN and then never answers: the login hangs until the proxy's `timeout`.
@@ -90,7 +79,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("timeouts")
     with ExitStack() as stack:
-        backend = stack.enter_context(FakeBackend(IMAP_BACKEND_LOGIN))
+        backend = stack.enter_context(FakeBackend(IMAP_LOGIN_THEN_ECHO))
         stalling = stack.enter_context(FakeBackend(STALLING_BACKEND))
         auth = stack.enter_context(AuthServer())
         auth.route("imap", IPV4_LOOPBACK, backend.port)

@@ -35,7 +35,7 @@ from tests.e2e_tls.support import (
     running,
 )
 from tests.support.authserver import AuthReply, AuthRequest
-from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
+from tests.support.fake_backend import IMAP_LOGIN_THEN_ECHO, FakeBackend
 from tests.support.loopback import IPV4_LOOPBACK, wait_until
 from tests.tls.support import Pki
 
@@ -66,18 +66,8 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     directory = tmp_path_factory.mktemp("tls-error-log")
-    backend_login = [
-        Send(b"* OK backend ready\r\n"),
-        Expect(b"a1 LOGIN {5}\r\n"),
-        Send(b"+ OK\r\n"),
-        Expect(b"alice {6}\r\n"),
-        Send(b"+ OK\r\n"),
-        Expect(b"secret\r\n"),
-        Send(b"a1 OK backend logged in\r\n"),
-        Echo(),
-    ]
     with contextlib.ExitStack() as stack:
-        backend = stack.enter_context(FakeBackend(backend_login))
+        backend = stack.enter_context(FakeBackend(IMAP_LOGIN_THEN_ECHO))
 
         def reply(request: AuthRequest) -> AuthReply:
             if request.header("Auth-User") == "alice":

@@ -39,6 +39,20 @@ class Echo:
 
 Step = Send | Expect | Close | Echo
 
+# An IMAP backend that lets alice log in with `secret` (as a proxy sends LOGIN, with literals), then echoes.
+IMAP_LOGIN_THEN_ECHO: tuple[Step, ...] = tuple(
+    [
+        Send(b"* OK backend ready\r\n"),
+        Expect(b"a1 LOGIN {5}\r\n"),
+        Send(b"+ OK\r\n"),
+        Expect(b"alice {6}\r\n"),
+        Send(b"+ OK\r\n"),
+        Expect(b"secret\r\n"),
+        Send(b"a1 OK backend logged in\r\n"),
+        Echo(),
+    ]
+)
+
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
