@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from mailbench import docs, profile
+from mailbench import docs, native, profile
 from mailbench.environment import PORT_OFFSETS, RLIMIT_NOFILE, WORKERS, Ports, mail_config, make_certificates
 from mailbench.record import RunRecord
 from mailbench.report import Row, Side, chart, text_table
@@ -43,6 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         nargs="*",
         default=["imaps-c16-delayed", "resume-1.2-cache-quick", "resume-1.3-ticket-quick", "bulk-default"],
         help="scenario keys to profile mailgate under",
+    )
+    parser.add_argument(
+        "--native-scenarios",
+        nargs="*",
+        default=["imaps-c16-quick", "resume-1.2-ticket-quick", "hs-ecdsa-quick"],
+        help="scenario keys to split both servers' CPU by native library under (perf)",
     )
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and its chart")
     parser.add_argument(
@@ -123,6 +129,38 @@ def run_profiles(
             continue
         found.append(profile.summarize(raw, scenario.key, scenario.title))
         _progress(f"  profiled {scenario.key}: {found[-1].samples} samples")
+    return found
+
+
+def run_native_splits(
+    *, servers: list[Server], loadgen: Path, scenarios: list[Scenario], load: Load, workdir: Path
+) -> list[native.NativeSplit]:
+    perf = native.perf_binary()
+    if perf is None:
+        _progress("perf is not installed: no split by native library")
+        return []
+    found = []
+    for scenario in scenarios:
+        cpu_ms: dict[str, float] = {}
+        shares: dict[str, dict[str, float]] = {}
+        samples: dict[str, int] = {}
+        for server in servers:
+            data = workdir / f"perf-{scenario.key}-{server.name}.data"
+            data.unlink(missing_ok=True)
+            recorder = native.start(perf, server.pids, data)
+            time.sleep(0.5)  # perf attaches before the load starts
+            m = measure(loadgen, scenario, server, load)
+            errors = native.stop(recorder)
+            if not data.exists():
+                _progress(f"perf failed on {server.name}: {errors.strip()}")
+                break
+            cpu_ms[server.name] = m.cpu_per_op_ms
+            shares[server.name], samples[server.name] = native.shares(perf, data)
+            data.unlink()
+        else:
+            found.append(native.NativeSplit(scenario.key, scenario.title, cpu_ms, shares, samples))
+            _progress(f"  split {scenario.key} by native library")
+            print(f"\n{scenario.title}, CPU by native library:\n{native.markdown(found[-1])}")
     return found
 
 
@@ -228,6 +266,14 @@ def main(argv: list[str]) -> int:
             for found in profiles:
                 cost = docs.mailgate_cpu_per_session(rows, found.key)
                 print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found, cost)}")
+        scenarios = all_scenarios(args.fetch_mib * MIB, args.idle)
+        splits = run_native_splits(
+            servers=servers,
+            loadgen=loadgen,
+            scenarios=[s for key in args.native_scenarios for s in scenarios if s.key == key],
+            load=load,
+            workdir=workdir,
+        )
         log_sizes = {
             f"{s.name} {log}": (s.prefix / log).stat().st_size
             for s in servers
@@ -249,6 +295,7 @@ def main(argv: list[str]) -> int:
         facts=facts,
         rows=rows,
         profiles=profiles,
+        native=splits,
         log_sizes=log_sizes,
     )
     record.save(workdir / "results.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailbench import profile
+from mailbench import native, profile
 from mailbench.environment import EQUAL_PROXY_BUFFER, WORKERS
 from mailbench.record import RunRecord
 from mailbench.report import Row, markdown_table, target_summary
@@ -53,6 +53,16 @@ def render(record: RunRecord, charted: bool) -> str:
     parts += [f"Log bytes written during the run: {sizes}.", ""]
     if FINDINGS.strip():
         parts += [FINDINGS, ""]
+    if record.native:
+        parts += ["## Where each server's CPU goes, by native library (perf)", ""]
+        parts += [
+            "perf sampled all processes of one server at a time while the load generator ran the scenario",
+            "(the same load as a table run); each sample is charged to the shared object it was in, and the",
+            "shares are turned into milliseconds with the CPU per session measured in that run.",
+            "",
+        ]
+        for split in record.native:
+            parts += [f"### {split.scenario} ({split.key})", "", native.markdown(split)]
     if record.profiles:
         parts += ["## Where mailgate's time goes (py-spy)", ""]
         parts += [

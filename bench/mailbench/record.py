@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailbench.native import NativeSplit
 from mailbench.profile import FunctionCost, Profile
 from mailbench.report import Row, Side
 from mailbench.scenarios import Scenario
@@ -22,6 +23,7 @@ class RunRecord:
     rows: list[Row]
     profiles: list[Profile]
     log_sizes: dict[str, int]
+    native: list[NativeSplit] = dataclasses.field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1, default=str))
@@ -54,4 +56,5 @@ class RunRecord:
             rows=[row(saved) for saved in data["rows"]],
             profiles=[profile(saved) for saved in data["profiles"]],
             log_sizes=data["log_sizes"],
+            native=[NativeSplit(**saved) for saved in data.get("native", [])],
         )
