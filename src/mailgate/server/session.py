@@ -22,7 +22,7 @@ from mailgate.auth.client import authenticate
 from mailgate.auth.client_host import ClientHostResolver
 from mailgate.auth.request import UNAVAILABLE, AuthAttempt
 from mailgate.auth.response import Backend, InternalError, Reject
-from mailgate.config.model import Listen, LogLevel, Protocol, ServerConfig
+from mailgate.config.model import Listen, LogLevel, Protocol, ProxyProtocolOut, ServerConfig
 from mailgate.log import ErrorLog, LogContext, SessionLogEntry
 from mailgate.protocol.credentials import Credentials
 from mailgate.protocol.engine import PreAuthEngine
@@ -585,8 +585,12 @@ class Session:
             self.record.close_reason = "backend connect failed"
             self._internal_error(client, engine)
         self.backend = peer
-        header = build_proxy_header(
-            self.server.proxy.proxy_protocol, self.client_address, self.local_address, self._tls_facts()
+        version = self.server.proxy.proxy_protocol
+        # Our local address costs a system call: asked for only when a header is sent.
+        header = (
+            build_proxy_header(version, self.client_address, self.local_address, self._tls_facts())
+            if version is not ProxyProtocolOut.OFF
+            else None
         )
         if header is not None:
             self.action = UpstreamAction.SENDING_PROXY_HEADER
