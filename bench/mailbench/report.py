@@ -150,7 +150,7 @@ HEADER = (
 
 
 def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         n, m = row.nginx, row.mailgate
         latency = row.scenario.kind == "rate"
@@ -175,7 +175,7 @@ def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
 
 
 def text_table(rows: list[Row]) -> str:
-    cells = [HEADER, *table_cells(rows)]
+    cells: list[tuple[str, ...]] = [HEADER, *table_cells(rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER) - 1)]
     lines = []
     for line in cells:

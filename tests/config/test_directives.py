@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -73,6 +73,19 @@ class Invalid:
     directive: str
     context: str
     message: str  # without ` in FILE:LINE`; the line is the directive's
+
+
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """A setting the directive under test must have set."""
+    assert value is not None
+    return value
+
+
+def _syslog_target(target: SyslogTarget) -> tuple[int, str]:
+    return target.server_port, target.tag
 
 
 def s(get: Callable[[ServerConfig], Any]) -> Callable[[Config], Any]:
@@ -157,13 +170,13 @@ VALID = [
     Valid(
         "session_log logs/sessions.log json;",
         MAIL_OR_SERVER,
-        s(lambda v: (v.core.session_log.path, v.core.session_log.json)),
+        s(lambda v: (present(v.core.session_log).path, present(v.core.session_log).json)),
         ("{prefix}/logs/sessions.log", True),
     ),
     Valid(
         "session_log syslog:server=127.0.0.1:5140,tag=sessions text;",
         MAIL_OR_SERVER,
-        s(lambda v: (v.core.session_log.syslog.server_port, v.core.session_log.syslog.tag)),
+        s(lambda v: _syslog_target(present(present(v.core.session_log).syslog))),
         (5140, "sessions"),
     ),
     Valid("session_log off;", MAIL_OR_SERVER, s(lambda v: v.core.session_log), None),
@@ -177,7 +190,7 @@ VALID = [
     Valid(
         "resolver 10.0.0.1 status_zone=z;",
         MAIL_OR_SERVER,
-        s(lambda v: v.core.resolver.servers),
+        s(lambda v: present(v.core.resolver).servers),
         (("10.0.0.1", 53),),
     ),
     Valid("resolver_timeout 5s;", MAIL_OR_SERVER, s(lambda v: v.core.resolver_timeout), 5.0),

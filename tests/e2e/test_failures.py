@@ -104,9 +104,11 @@ def setup(dovecot: Dovecot, postfix: Postfix, tmp_path_factory: pytest.TempPathF
         auth = stack.enter_context(AuthServer())
         routes = Directory(dovecot, postfix)
         auth.set_default(routes)
-        values = {"auth_http": auth.url("/auth"), "dead_auth": f"{IPV4_LOOPBACK}:{refusing_port}/auth"}
+        auth_http, dead_auth = auth.url("/auth"), f"{IPV4_LOOPBACK}:{refusing_port}/auth"
         proxies = {
-            kind: stack.enter_context(running_proxy(kind, TEMPLATE, directory / kind, **values))
+            kind: stack.enter_context(
+                running_proxy(kind, TEMPLATE, directory / kind, auth_http=auth_http, dead_auth=dead_auth)
+            )
             for kind in KINDS
         }
         yield Setup(auth, routes, proxies, refusing_port)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.harness import IO_TIMEOUT, KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
 from tests.support.authserver import AuthReply, AuthServer
-from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
+from tests.support.fake_backend import Echo, Expect, FakeBackend, Send, Step
 from tests.support.fake_dns import FakeDns, Zone
 
 PTR = "1.0.0.127.in-addr.arpa."
@@ -30,7 +30,7 @@ mail {
     server { listen 127.0.0.1:$port_smtp; protocol smtp; }
 }
 """
-SMTP_BACKEND = [
+SMTP_BACKEND: list[Step] = [
     Send(b"220 backend ESMTP\r\n"),
     Expect(b"EHLO mail.example.com\r\n"),
     Send(b"250-backend\r\n250 XCLIENT ADDR LOGIN NAME\r\n"),
@@ -52,7 +52,13 @@ def zones() -> dict[str, Zone]:
     }
 
 
-def login_and_observe(proxy: RunningProxy, auth: AuthServer, backend: FakeBackend) -> tuple[str, bytes, str]:
+# What one login showed: the Client-Host the auth request carried, the XCLIENT line, the error log.
+Observed = tuple[str, bytes, str]
+# Per DNS zone, per proxy.
+Observations = dict[str, dict[ProxyKind, Observed]]
+
+
+def login_and_observe(proxy: RunningProxy, auth: AuthServer, backend: FakeBackend) -> Observed:
     """One SMTP AUTH through `proxy`: the Client-Host it reported, the XCLIENT line, and its error log."""
     mark = proxy.log_mark()
     seen = len(auth.requests)
@@ -73,8 +79,8 @@ def login_and_observe(proxy: RunningProxy, auth: AuthServer, backend: FakeBacken
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[ProxyKind, tuple]]]:
-    results: dict[str, dict[ProxyKind, tuple]] = {}
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observations]:
+    results: Observations = {}
     with FakeBackend(SMTP_BACKEND) as backend, AuthServer() as auth:
         auth.set_default(AuthReply.ok("127.0.0.1", backend.port))
         for name, zone in zones().items():
@@ -89,7 +95,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
     yield results
 
 
-def test_a_ptr_name_that_leads_back_to_the_client_is_its_host(observed: dict) -> None:
+def test_a_ptr_name_that_leads_back_to_the_client_is_its_host(observed: Observations) -> None:
     for kind in KINDS:
         host, xclient, _ = observed["matching"][kind]
         assert host == "client.test", kind
@@ -97,20 +103,20 @@ def test_a_ptr_name_that_leads_back_to_the_client_is_its_host(observed: dict) ->
 
 
 @pytest.mark.parametrize(("zone", "host"), [("mismatching", "[UNAVAILABLE]"), ("no_ptr", "[UNAVAILABLE]")])
-def test_unverifiable_names_are_unavailable_as_in_nginx(observed: dict, zone: str, host: str) -> None:
+def test_unverifiable_names_are_unavailable_as_in_nginx(observed: Observations, zone: str, host: str) -> None:
     for kind in KINDS:
         reported, xclient, _ = observed[zone][kind]
         assert reported == host, kind
         assert xclient.endswith(b" NAME=" + host.encode()), kind
 
 
-def test_a_failing_dns_server_makes_the_host_temporarily_unavailable(observed: dict) -> None:
+def test_a_failing_dns_server_makes_the_host_temporarily_unavailable(observed: Observations) -> None:
     for kind in KINDS:
         assert observed["failing_dns"][kind][0] == "[TEMPUNAVAIL]", kind
 
 
 @pytest.mark.parametrize("zone", ["no_ptr", "failing_dns"])
-def test_lookup_failures_are_logged_in_nginxs_words(observed: dict, zone: str) -> None:
+def test_lookup_failures_are_logged_in_nginxs_words(observed: Observations, zone: str) -> None:
     def resolver_lines(log: str) -> list[str]:
         return [line.split(": *", 1)[1] for line in log.splitlines() if "could not be resolved" in line]
 
@@ -124,7 +130,7 @@ def _without_connection(line: str) -> str:
     return re.sub(r"server: 127\.0\.0\.1:\d+", "server: 127.0.0.1:PORT", line.split(" ", 1)[1])
 
 
-def test_a_ptr_name_with_characters_a_host_name_cannot_hold_is_refused(observed: dict) -> None:
+def test_a_ptr_name_with_characters_a_host_name_cannot_hold_is_refused(observed: Observations) -> None:
     # nginx 1.29.7 (CVE-2026-28753); Debian's 1.22 carries the fix as a security update.
     logged = {}
     for kind in KINDS:

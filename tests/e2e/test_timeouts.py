@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.harness import IO_TIMEOUT, KINDS, LineClient, ProxyKind, RunningProxy, running_proxy
 from tests.support.authserver import AuthReply, AuthServer
-from tests.support.fake_backend import IMAP_LOGIN_THEN_ECHO, Expect, FakeBackend, Send
+from tests.support.fake_backend import IMAP_LOGIN_THEN_ECHO, Expect, FakeBackend, Send, Step
 from tests.support.loopback import IPV4_LOOPBACK
 
 pytestmark = pytest.mark.nginx
@@ -65,7 +65,11 @@ mail {
 
 
 # Greets, reads the proxy's LOGIN and then never answers: the login hangs until the proxy's `timeout`.
-STALLING_BACKEND = [Send(b"* OK backend ready\r\n"), Expect(b"a1 LOGIN {5}\r\n"), Expect(b"\0never sent\0")]
+STALLING_BACKEND: list[Step] = [
+    Send(b"* OK backend ready\r\n"),
+    Expect(b"a1 LOGIN {5}\r\n"),
+    Expect(b"\0never sent\0"),
+]
 
 
 @dataclass

@@ -296,7 +296,7 @@ def python_session(
     raw = socket.create_connection((IPV4_LOOPBACK, port), timeout=READ_TIMEOUT)
     tls = context.wrap_socket(raw, server_hostname=SERVER_NAME, session=session)
     assert tls.recv(1024) == b"* OK IMAP4 ready\r\n"
-    return tls, tls.session_reused
+    return tls, bool(tls.session_reused)
 
 
 ENDINGS = ["close without close_notify", "reset", "logout", "refused login", "timeout"]

@@ -26,7 +26,7 @@ from tests.e2e_tls.support import (
     running_both,
 )
 from tests.support.authserver import AuthReply
-from tests.support.fake_backend import Echo, Expect, FakeBackend, Send
+from tests.support.fake_backend import Echo, Expect, FakeBackend, Send, Step
 from tests.support.loopback import IPV4_LOOPBACK
 from tests.tls.support import Pki
 
@@ -173,7 +173,7 @@ def test_a_clients_close_notify_is_not_answered(proxies: dict[str, Proxy], mode:
     assert after["mailgate"] == after["nginx"] == b""
 
 
-IMAP_BACKEND = [
+IMAP_BACKEND: list[Step] = [
     Send(b"* OK backend ready\r\n"),
     Expect(b"}\r\n"),
     Send(b"+ OK\r\n"),

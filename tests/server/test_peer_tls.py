@@ -8,7 +8,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import uvloop
 
 from mailgate.proxy.relay import Peer, Relay
 
-Handler = Callable[[Peer], Awaitable[None]]
+Handler = Callable[[Peer], Coroutine[Any, Any, None]]
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,7 @@ def _leave_without_close_notify(
         assert tls.recv(1024) == b"* OK ready\r\n"
         if reset:
             tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        return tls.session, tls.session_reused
+        return tls.session, bool(tls.session_reused)
     finally:
         tls.close()
 
