@@ -1,4 +1,5 @@
-"""One benchmark run as saved in bench/results/results.json, so the docs can be rendered again from it."""
+"""One benchmark run as saved in bench/results/results.json (and docs-run.json for the run the docs show),
+so the docs can be rendered again from it."""
 
 from __future__ import annotations
 
