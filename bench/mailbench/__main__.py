@@ -143,7 +143,7 @@ def run_native_splits(
     if perf is None:
         _progress("perf is not installed: no split by native library")
         return []
-    found = []
+    found: list[native.NativeSplit] = []
     for scenario in scenarios:
         cpu_ms: dict[str, float] = {}
         shares: dict[str, dict[str, float]] = {}
@@ -155,16 +155,15 @@ def run_native_splits(
             time.sleep(0.5)  # perf attaches before the load starts
             m = measure(loadgen, scenario, server, load)
             errors = native.stop(recorder)
-            if not data.exists():
-                _progress(f"perf failed on {server.name}: {errors.strip()}")
-                break
+            if not data.exists():  # not permitted here: it would fail for every scenario alike
+                _progress(f"perf failed on {server.name}: {errors.strip()}; no split by native library")
+                return found
             cpu_ms[server.name] = m.cpu_per_op_ms
             shares[server.name], samples[server.name] = native.shares(perf, data)
             data.unlink()
-        else:
-            found.append(native.NativeSplit(scenario.key, scenario.title, cpu_ms, shares, samples))
-            _progress(f"  split {scenario.key} by native library")
-            print(f"\n{scenario.title}, CPU by native library:\n{native.markdown(found[-1])}")
+        found.append(native.NativeSplit(scenario.key, scenario.title, cpu_ms, shares, samples))
+        _progress(f"  split {scenario.key} by native library")
+        print(f"\n{scenario.title}, CPU by native library:\n{native.markdown(found[-1])}")
     return found
 
 
@@ -225,10 +224,9 @@ def main(argv: list[str]) -> int:
     _check_ports_free([*map(int, ports.responder_args()), *server_ports["nginx"], *server_ports["mailgate"]])
     make_certificates(workdir / "certs")
 
+    scenarios = all_scenarios(args.fetch_mib * MIB, args.idle)
     selected = [
-        s
-        for s in all_scenarios(args.fetch_mib * MIB, args.idle)
-        if not args.only or any(fnmatch.fnmatch(s.key, pattern) for pattern in args.only)
+        s for s in scenarios if not args.only or any(fnmatch.fnmatch(s.key, pattern) for pattern in args.only)
     ]
     load = Load(args.seconds, args.max_sessions, args.bulk_sessions, args.idle)
     binaries = {"nginx": args.nginx, "mailgate": args.mailgate}
@@ -259,7 +257,6 @@ def main(argv: list[str]) -> int:
         print(text_table(rows))
         profiles: list[profile.Profile] = []
         if not args.no_profile:
-            scenarios = all_scenarios(args.fetch_mib * MIB, args.idle)
             profiled = [s for key in args.profile_scenarios for s in scenarios if s.key == key]
             profiles = run_profiles(
                 mailgate=servers[1],
@@ -272,7 +269,6 @@ def main(argv: list[str]) -> int:
             for found in profiles:
                 cost = docs.mailgate_cpu_per_session(rows, found.key)
                 print(f"\nmailgate profile, {found.scenario}:\n{profile.markdown(found, cost)}")
-        scenarios = all_scenarios(args.fetch_mib * MIB, args.idle)
         splits = run_native_splits(
             servers=servers,
             loadgen=loadgen,

@@ -586,13 +586,9 @@ class Session:
             self._internal_error(client, engine)
         self.backend = peer
         version = self.server.proxy.proxy_protocol
-        # Our local address costs a system call: asked for only when a header is sent.
-        header = (
-            build_proxy_header(version, self.client_address, self.local_address, self._tls_facts())
-            if version is not ProxyProtocolOut.OFF
-            else None
-        )
-        if header is not None:
+        if version is not ProxyProtocolOut.OFF:  # only then: our local address costs a system call
+            header = build_proxy_header(version, self.client_address, self.local_address, self._tls_facts())
+            assert header is not None
             self.action = UpstreamAction.SENDING_PROXY_HEADER
             peer.write(header)
             self.action = login.action
