@@ -176,8 +176,9 @@ def test_imaplib_fetches_a_multi_megabyte_message_whose_digest_matches_the_store
 def test_a_client_that_sends_everything_and_half_closes_still_gets_the_whole_session(
     proxies: dict[ProxyKind, RunningProxy], dovecot: Dovecot, mail_user: MailUser
 ) -> None:
-    # Beyond nginx (which closes once the client's EOF is read): mailgate passes the half-close on to the
-    # backend and relays until the backend closes, so `printf ... | nc`-style clients get every reply.
+    # Beyond nginx (which closes once the client's EOF is read): mailgate relays until the backend closes,
+    # so `printf ... | nc`-style clients get every reply. Dovecot drops a session as soon as it reads an
+    # EOF, so the half-close reaches it only once the relay has been quiet (HALF_CLOSE_QUIET).
     stored = dovecot.maildir(mail_user).deliver(build_message("half-closed", size=BIG_MESSAGE_SIZE))
     with LineClient(proxies["mailgate"].address("imap")) as client:
         client.line()
@@ -190,8 +191,23 @@ def test_a_client_that_sends_everything_and_half_closes_still_gets_the_whole_ses
     literal = f"* 1 FETCH (BODY[] {{{len(stored.data)}}}\r\n".encode()
     assert literal in received
     start = received.index(literal) + len(literal)
-    assert hashlib.sha256(received[start : start + len(stored.data)]).hexdigest() == stored.sha256
+    body = received[start : start + len(stored.data)]
+    assert len(body) == len(stored.data), f"cut short after {len(received)} bytes: {received[-200:]!r}"
+    assert hashlib.sha256(body).hexdigest() == stored.sha256
     assert re.search(rb"\r\na4 OK Logout completed[^\r\n]*\r\n$", received), received[-200:]
+
+
+def test_a_half_closed_client_without_logout_gets_its_replies_and_then_the_close(
+    proxies: dict[ProxyKind, RunningProxy], mail_user: MailUser
+) -> None:
+    # The half-close reaches Dovecot once it has answered, and Dovecot's close ends the session: no
+    # waiting for proxy_timeout (24 hours here).
+    with LineClient(proxies["mailgate"].address("imap")) as client:
+        client.line()
+        client.send(f"a1 LOGIN {mail_user.name} {mail_user.password}\r\na2 NOOP\r\n".encode())
+        client.sock.shutdown(socket.SHUT_WR)
+        received = client.rest()
+    assert re.match(rb"a1 OK [^\r\n]*\r\na2 OK NOOP completed[^\r\n]*\r\n$", received), received
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvloop
 
-from mailgate.proxy.relay import Peer, Relay, RelayOutcome
+from mailgate.proxy.relay import HALF_CLOSE_QUIET, Peer, Relay, RelayOutcome
 
 BackendHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -135,6 +135,69 @@ def test_a_half_closed_client_still_receives_the_backends_whole_reply() -> None:
             while chunk := await loop.sock_recv(sock, 65536):
                 received += chunk
         assert received == b"* BYE " + b"A LOGOUT\r\n" * 1000
+        await wait_for(lambda: len(proxy.outcomes) == 1)
+        assert proxy.outcomes[0].reason == "backend closed"
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_half_close_reaches_the_backend_only_after_its_replies_to_pipelined_commands() -> None:
+    # Like Dovecot, this backend drops the session the moment it reads an EOF, whatever it still has to
+    # send: a half-close passed on at once would cut its reply short.
+    parts = [os.urandom(64 * 1024) for _ in range(12)]
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"a2 logout\r\n")
+        eof = asyncio.ensure_future(reader.read(1))
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(HALF_CLOSE_QUIET / 10)
+            if eof.done():
+                writer.transport.abort()
+                return
+        writer.write(b"a2 OK bye\r\n")
+        await writer.drain()
+        assert await eof == b""  # and then the half-close came
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port)
+        port = await proxy.start()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"a1 fetch\r\na2 logout\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            received = b""
+            while chunk := await loop.sock_recv(sock, 65536):
+                received += chunk
+        assert received == b"".join(parts) + b"a2 OK bye\r\n"
+        await wait_for(lambda: len(proxy.outcomes) == 1)
+        assert proxy.outcomes[0].reason == "backend closed"
+        await proxy.stop()
+        backend_server.close()
+
+    run(main())
+
+
+def test_a_half_closed_client_whose_backend_stays_silent_ends_before_proxy_timeout() -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.read() == b"a1 noop\r\n"  # returns at the half-close passed on
+        writer.close()
+
+    async def main() -> None:
+        backend_server, backend_port = await start_backend(backend)
+        proxy = ProxyUnderTest(backend_port, timeout=3600)
+        port = await proxy.start()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"a1 noop\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            assert await asyncio.get_running_loop().sock_recv(sock, 1024) == b""
         await wait_for(lambda: len(proxy.outcomes) == 1)
         assert proxy.outcomes[0].reason == "backend closed"
         await proxy.stop()

@@ -11,8 +11,11 @@ connection, which made most of an idle session's memory.
 
 The relay ends, as in nginx, when the backend closes (after everything it sent has been written to the
 client), when the client is gone, or after `proxy_timeout` without any transfer. Beyond nginx, a client that
-half-closes (shuts down its sending side) still gets every byte the backend sends until the backend closes:
-the half-close is passed on to the backend, so nothing in flight is dropped.
+half-closes (shuts down its sending side) still gets every byte the backend sends until the backend closes.
+The half-close is passed on to the backend once nothing has crossed the relay for `HALF_CLOSE_QUIET`
+seconds, not at once: a backend that reads the EOF while replies to pipelined commands are still queued
+may end the session there (Dovecot drops a connection on EOF whatever it still has to send), so the
+backend gets the time to answer everything the client sent first.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ _TLS_READ_SIZE = 64 * 1024
 # resumes its backend eight times as often.
 _TLS_WRITE_HIGH_WATER = 576 * 1024
 _TLS_WRITE_LOW_WATER = 128 * 1024
+# Seconds without any transfer after a client's half-close before the backend is told (see the docstring).
+HALF_CLOSE_QUIET = 1.0
 
 
 class Peer(asyncio.Protocol):
@@ -532,6 +537,7 @@ class Relay:
         self._done: asyncio.Future[str] = self._loop.create_future()
         self._last_activity = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._backend_owed_eof = False  # the client half-closed; the backend is told once all is quiet
         self.client_to_backend = 0
         self.backend_to_client = 0
 
@@ -592,7 +598,8 @@ class Relay:
             and backend_transport.can_write_eof()
             and not self._backend.is_closed
         ):
-            backend_transport.write_eof()  # sent after the bytes already queued
+            self._backend_owed_eof = True
+            self._arm_timer()
         else:
             self._finish("client closed")
 
@@ -621,14 +628,27 @@ class Relay:
         self._done.set_result(reason)
 
     def _arm_timer(self) -> None:
-        self._timer = self._loop.call_at(self._last_activity + self._timeout, self._check_timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        quiet = min(self._timeout, HALF_CLOSE_QUIET) if self._backend_owed_eof else self._timeout
+        self._timer = self._loop.call_at(self._last_activity + quiet, self._check_timeout)
 
     def _check_timeout(self) -> None:
+        self._timer = None
         if self._done.done():
             return
-        if self._loop.time() >= self._last_activity + self._timeout:
+        now = self._loop.time()
+        if now >= self._last_activity + self._timeout:
             if self._on_timeout is not None:
                 self._on_timeout()
             self._finish("timed out")
-        else:
-            self._arm_timer()
+            return
+        if self._backend_owed_eof and now >= self._last_activity + HALF_CLOSE_QUIET:
+            self._backend_owed_eof = False
+            self._pass_half_close()
+        self._arm_timer()
+
+    def _pass_half_close(self) -> None:
+        transport = self._backend.transport
+        if transport is not None and not transport.is_closing() and not self._backend.is_closed:
+            transport.write_eof()  # sent after the bytes still queued
