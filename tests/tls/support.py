@@ -24,14 +24,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mailgate.config import model
+from mailgate.proxy.relay import Peer, reactor_of
 from mailgate.tls import (
+    SHUTDOWN_TIMEOUT,
     CertCheck,
     ServerTls,
     TlsFacts,
     TlsLogLine,
     check_client_certificate,
     handshake_failure,
-    set_client_socket,
     tls_facts,
 )
 
@@ -212,18 +213,9 @@ class Accepted:
     facts: TlsFacts
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 @dataclass
 class TlsServer:
-    """Accepts as mailgate's sessions do: the socket is named to the TLS layer, then handed to uvloop."""
+    """Accepts as mailgate's sessions do: the socket goes to a `Peer`, which runs the TLS handshake."""
 
     tls: ServerTls
     port: int = 0
@@ -250,29 +242,27 @@ class TlsServer:
             self.closed.put(None)
 
     async def _session(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        set_client_socket(sock)
+        peer = Peer(reactor_of(asyncio.get_running_loop()), sock.detach())
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                _Connection, sock, ssl=self.tls.context, ssl_handshake_timeout=self.handshake_timeout
-            )
+            done = await peer.start_tls(self.tls.ssl_ctx, self.handshake_timeout, SHUTDOWN_TIMEOUT)
         except (ssl.SSLError, OSError) as error:
             self.failures.put(handshake_failure(error))
             return
-        protocol = transport.get_protocol()  # uvloop returns its SSLProtocol; the transport knows ours
-        assert isinstance(protocol, _Connection)
+        if not done:
+            self.errors.put(ConnectionResetError("closed in the handshake"))
+            return
         try:
-            ssl_object = transport.get_extra_info("ssl_object")
-            check = check_client_certificate(ssl_object, self.tls.server)
-            facts = tls_facts(ssl_object, self.tls.server)
+            check = check_client_certificate(peer.ssl, self.tls.server)
+            facts = tls_facts(peer.ssl, self.tls.server)
             self.accepted.put(Accepted(check, facts))
-            transport.write(check.reply(self.tls.server.protocol) or b"* OK ready\r\n")
+            peer.write(check.reply(self.tls.server.protocol) or b"* OK ready\r\n")
             if not self.waits_for_the_client:
-                transport.close()
-            await protocol.closed
+                peer.close()
+            while await peer.read():  # until the connection is gone
+                pass
         except Exception as error:
             self.errors.put(error)
-            transport.abort()
+            peer.abort()
 
     def next_accepted(self) -> Accepted:
         return self.accepted.get(timeout=10)

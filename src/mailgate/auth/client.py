@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
 from collections.abc import Awaitable, Callable
-from typing import cast
 
 from mailgate.auth.request import AuthAttempt, AuthRequestRefusedError, build_auth_request
 from mailgate.auth.response import (
@@ -24,7 +22,8 @@ from mailgate.auth.response import (
     Reject,
     Retry,
 )
-from mailgate.config.model import ServerConfig
+from mailgate.config.model import AuthHttpUrl, ServerConfig
+from mailgate.proxy.relay import Peer, reactor_of
 
 # nginx keeps re-asking on WAIT for as long as the auth server says so; we stop after this many re-queries.
 MAX_WAIT_RETRIES = 10
@@ -34,17 +33,16 @@ _TIMED_OUT = f"{errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)}"
 async def query_auth_http(server: ServerConfig, attempt: AuthAttempt) -> AuthDecision:
     """Send one auth request and read the decision; the whole exchange is bounded by `auth_http_timeout`."""
     settings = server.auth_http
-    peer = settings.url.text
     try:
         request = build_auth_request(server, attempt)
     except AuthRequestRefusedError as refused:
         return InternalError(str(refused))
-    reader = AuthResponseReader(peer, server.protocol, attempt.credentials)
+    reader = AuthResponseReader(settings.url.text, server.protocol, attempt.credentials)
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(settings.timeout):
-            return await _exchange(server, request, reader)
+        return await _exchange(server, request, reader, loop.time() + settings.timeout)
     except TimeoutError:
-        return InternalError(f"auth http server {peer} timed out ({_TIMED_OUT})")
+        return InternalError(f"auth http server {settings.url.text} timed out ({_TIMED_OUT})")
 
 
 async def authenticate(
@@ -78,67 +76,44 @@ async def authenticate(
             await sleep(decision.wait)
 
 
-class _AuthExchange(asyncio.Protocol):
-    """One auth connection: writes the request once connected, then feeds the reply to the reader until
-    it decides or the connection ends; `decided` gets the decision."""
-
-    def __init__(
-        self, request: bytes, reader: AuthResponseReader, decided: asyncio.Future[AuthDecision]
-    ) -> None:
-        self._request = request
-        self._reader = reader
-        self._decided = decided
-        self._write_failed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not registered as asyncio's classes: no isinstance check here.
-        writer = cast(asyncio.WriteTransport, transport)
-        writer.write(self._request)
-        # A failed write closes the transport at once; connection_lost then says why.
-        self._write_failed = writer.is_closing()
-
-    def data_received(self, data: bytes) -> None:
-        decision = self._reader.feed(data)
-        if not isinstance(decision, NeedMore):
-            self._decide(decision)
-
-    def eof_received(self) -> bool:
-        self._decide(self._reader.feed_eof())
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._write_failed:
-            error = exc if isinstance(exc, OSError) else ConnectionResetError("Connection lost")
-            self._decide(InternalError(f"send() failed ({_describe(error)})"))
-        elif isinstance(exc, OSError):
-            self._decide(InternalError(f"recv() failed ({_describe(exc)})"))
-        else:
-            self._decide(self._reader.feed_eof())
-
-    def _decide(self, decision: AuthDecision) -> None:
-        if not self._decided.done():
-            self._decided.set_result(decision)
-
-
-async def _exchange(server: ServerConfig, request: bytes, reader: AuthResponseReader) -> AuthDecision:
+async def _exchange(
+    server: ServerConfig, request: bytes, reader: AuthResponseReader, deadline: float
+) -> AuthDecision:
+    """One auth connection: the request once connected, then the reply fed to the reader until it decides
+    or the connection ends. TimeoutError past `deadline`."""
     url = server.auth_http.url
-    loop = asyncio.get_running_loop()
-    decided: asyncio.Future[AuthDecision] = loop.create_future()
-    exchange = _AuthExchange(request, reader, decided)
     try:
-        if url.family == socket.AF_UNIX:
-            transport, _ = await loop.create_unix_connection(lambda: exchange, url.host)
-        else:
-            transport, _ = await loop.create_connection(lambda: exchange, url.host, url.port)
+        peer = Peer.connect(reactor_of(asyncio.get_running_loop()), url.family, url.host, url.port)
     except OSError as error:
-        if error.errno == errno.ECONNREFUSED:
-            # nginx connects without blocking and learns of the refusal from its first recv().
-            return InternalError(f"recv() failed ({_describe(error)})")
-        return InternalError(f"connect() to {url.text} failed ({_describe(error)})")
+        return _connect_failed(url, error)
     try:
-        return await decided
+        peer.set_deadline(deadline)
+        try:
+            await peer.connected()
+        except OSError as error:
+            return _connect_failed(url, error)
+        peer.write(request)
+        if peer.is_closed:  # a failed write closes the connection at once
+            failure = peer.receive_error or ConnectionResetError("Connection lost")
+            return InternalError(f"send() failed ({_describe(failure)})")
+        while True:
+            data = await peer.read()
+            if not data:
+                if peer.receive_error is not None:
+                    return InternalError(f"recv() failed ({_describe(peer.receive_error)})")
+                return reader.feed_eof()
+            decision = reader.feed(data)
+            if not isinstance(decision, NeedMore):
+                return decision
     finally:
-        transport.close()
+        peer.close()
+
+
+def _connect_failed(url: AuthHttpUrl, error: OSError) -> InternalError:
+    if error.errno == errno.ECONNREFUSED:
+        # nginx connects without blocking and learns of the refusal from its first recv().
+        return InternalError(f"recv() failed ({_describe(error)})")
+    return InternalError(f"connect() to {url.text} failed ({_describe(error)})")
 
 
 def _describe(error: OSError) -> str:

@@ -40,16 +40,14 @@ from mailgate.proxy.proxy_protocol import (
     build_proxy_header,
     read_proxy_header,
 )
-from mailgate.proxy.relay import Peer, Relay, RelayOutcome
+from mailgate.proxy.relay import Peer, Reactor, Relay, RelayOutcome
 from mailgate.tls import (
     SHUTDOWN_TIMEOUT,
     ServerTls,
     TlsError,
     TlsFacts,
     check_client_certificate,
-    close_without_notify,
     handshake_failure,
-    set_client_socket,
     tls_facts,
 )
 
@@ -84,6 +82,7 @@ class ServerRuntime:
     tls: ServerTls | None
     error_log: ErrorLog
     client_host_resolver: ClientHostResolver
+    reactor: Reactor  # the worker's: every connection of its sessions
     session_log: bool = False  # the server writes a session log (which reports TLS facts)
 
 
@@ -187,7 +186,8 @@ class Session:
     def local_address(self) -> SocketAddress:
         """Our end of the client connection (asked of the socket when first needed)."""
         if self._local_address is None:
-            self._local_address = SocketAddress.from_sockname(self.listen.family, self.sock.getsockname())
+            name = self.client.getsockname() if self.client is not None else self.sock.getsockname()
+            self._local_address = SocketAddress.from_sockname(self.listen.family, name)
         return self._local_address
 
     # -- logging
@@ -273,7 +273,7 @@ class Session:
         self._log(LogLevel.INFO, "client logged in")
         self.record.auth_result = "ok"
         to_backend = engine.take_unconsumed()
-        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout, self._close_client_quietly)
+        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout, quiet_on_timeout=True)
         self.action = "proxying"
         outcome = await self.relay.run(backend, to_backend)
         self._relay_finished(outcome)
@@ -323,18 +323,17 @@ class Session:
         self.record.client = str(self.client_address)
 
     async def _open_client(self, deadline: float) -> Peer:
-        set_client_socket(self.sock)  # before the loop takes it: a TLS failure then sends its alert at once
-        _, client = await self.loop.connect_accepted_socket(Peer, self.sock)
+        client = Peer(self.runtime.reactor, self.sock.detach(), self.listen.family)
         self.client = client
         if self.listen.ssl:
             await self._handshake(client, deadline)
         return client
 
     async def _handshake(self, client: Peer, deadline: float) -> None:
-        """The server TLS handshake on the client connection (TLS is terminated in `Peer`, on memory BIOs)."""
+        """The server TLS handshake on the client connection (TLS is terminated in `Peer`)."""
         remaining = max(0.001, deadline - self.loop.time())
         try:
-            done = await client.start_tls(self._tls_context(), remaining, SHUTDOWN_TIMEOUT)
+            done = await client.start_tls(self._tls().ssl_ctx, remaining, SHUTDOWN_TIMEOUT)
         except (ssl.SSLError, OSError) as error:
             self._handshake_failed(error)
         if not done:
@@ -348,25 +347,20 @@ class Session:
         self._log(line.level, line.message)
         self._end("TLS handshake failed")
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _tls(self) -> ServerTls:
         assert self.runtime.tls is not None, "a server with TLS listeners always has a context"
-        return self.runtime.tls.context
-
-    def _ssl_object(self, client: Peer) -> ssl.SSLObject:
-        ssl_object = client.ssl_object
-        assert ssl_object is not None
-        return ssl_object
+        return self.runtime.tls
 
     def _tls_facts(self) -> TlsFacts | None:
         """The client's TLS facts once its handshake succeeded (read when first needed: the auth request,
         the PROXY header, the session log), else None."""
         if self.tls is None and self.record.tls_mode and self.client is not None:
-            self.tls = tls_facts(self._ssl_object(self.client), self.server)
+            self.tls = tls_facts(self.client.ssl, self.server)
             self.record.tls = self.tls
         return self.tls
 
     async def _check_client_certificate(self, client: Peer) -> None:
-        check = check_client_certificate(self._ssl_object(client), self.server)
+        check = check_client_certificate(client.ssl, self.server)
         if check.ok:
             return
         if check.log_message:
@@ -378,9 +372,9 @@ class Session:
         self._end("client certificate refused")
 
     async def _start_tls(self, client: Peer, deadline: float) -> None:
-        assert client.transport is not None
-        client.transport.pause_reading()  # the ClientHello must stay in the socket for the TLS layer
-        client.discard_buffered()  # plaintext pipelined behind STARTTLS is never executed
+        # Nothing was read past the STARTTLS command line (reads are on demand): the ClientHello is still in
+        # the socket for the TLS layer, and plaintext pipelined behind the command is never executed.
+        client.discard_buffered()
         self.starttls = True
         self.action = "in starttls state"
         await self._handshake(client, deadline)
@@ -399,10 +393,13 @@ class Session:
 
     async def _greeting_delay(self, client: Peer, engine: PreAuthEngine) -> None:
         self.action = "in delay pipelining state"
+        client.set_deadline(self.loop.time() + self.server.smtp.greeting_delay)
         try:
-            early = await asyncio.wait_for(client.read(), self.server.smtp.greeting_delay)
+            early = await client.read()
         except TimeoutError:
             return
+        finally:
+            client.set_deadline(None)
         if not early:
             self._end("client closed")
         assert isinstance(engine, SmtpPreAuth)
@@ -460,17 +457,13 @@ class Session:
 
     async def _write_reply(self, client: Peer, data: bytes) -> None:
         client.write(data)
-        if client.transport is None or client.transport.get_write_buffer_size() == 0:
+        if not client.write_buffer_size:
             return
-        # nginx reads nothing more until a reply is written; pausing also keeps a ClientHello that follows a
-        # STARTTLS reply in the socket, out of reach of the plaintext buffer.
-        client.transport.pause_reading()
+        # nginx reads nothing more until a reply is written (its "send handler busy").
         try:
             await client.drain()
         except TimeoutError:
             self._client_timed_out()
-        if not client.is_closed:
-            client.transport.resume_reading()
 
     def _client_closed(self, client: Peer) -> NoReturn:
         if client.receive_error is not None:
@@ -571,8 +564,10 @@ class Session:
         )
         self.action = login.action
         try:
-            async with asyncio.timeout_at(deadline):
-                _, peer = await self.loop.create_connection(Peer, backend.address, backend.port)
+            peer = Peer.connect(self.runtime.reactor, backend.family, backend.address, backend.port)
+            self.backend = peer
+            peer.set_deadline(deadline)
+            await peer.connected()
         except TimeoutError:
             self.record.close_reason = "backend timed out"
             self._backend_failed(client, login.timed_out())
@@ -584,7 +579,6 @@ class Session:
                 self._log(LogLevel.ERROR, f"connect() to {backend.upstream} failed {described}")
             self.record.close_reason = "backend connect failed"
             self._internal_error(client, engine)
-        self.backend = peer
         version = self.server.proxy.proxy_protocol
         if version is not ProxyProtocolOut.OFF:  # only then: our local address costs a system call
             header = build_proxy_header(version, self.client_address, self.local_address, self._tls_facts())
@@ -592,7 +586,6 @@ class Session:
             self.action = UpstreamAction.SENDING_PROXY_HEADER
             peer.write(header)
             self.action = login.action
-        peer.set_deadline(deadline)
         try:
             while True:
                 data = await peer.read()
@@ -624,18 +617,12 @@ class Session:
             self.record.close_reason = reason
         raise _SessionEndedError(reason)
 
-    def _close_client_quietly(self) -> None:
-        """The coming close sends no close_notify: nginx closes a client that timed out quietly."""
-        ssl_object = self.client.ssl_object if self.client is not None else None
-        if ssl_object is not None:
-            close_without_notify(ssl_object)
-
     def _close_all(self) -> None:
         if self.backend is not None:
             self.backend.close()
         if self.client is not None:
             if self.record.close_reason == "timed out":
-                self._close_client_quietly()
+                self.client.quiet_shutdown()  # nginx closes a client that timed out without close_notify
             self.client.close()
         else:
             with contextlib.suppress(OSError):

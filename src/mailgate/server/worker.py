@@ -29,6 +29,7 @@ from mailgate import tls as mailgate_tls
 from mailgate.auth.client_host import ClientHostResolver
 from mailgate.config.model import LogLevel
 from mailgate.log import ErrorLog, route_python_logger
+from mailgate.proxy.relay import reactor_of
 from mailgate.server.generation import Generation, servers_of
 from mailgate.server.listeners import Endpoint, ListenerPlan
 from mailgate.server.session import ServerRuntime, Session
@@ -229,6 +230,7 @@ class Worker:
                 tls=generation.tls.get(id(server)),
                 error_log=generation.error_log_for(server),
                 client_host_resolver=ClientHostResolver(server.core),
+                reactor=reactor_of(asyncio.get_running_loop()),
                 session_log=generation.session_log_for(server) is not None,
             )
         self.sessions: set[Session] = set()

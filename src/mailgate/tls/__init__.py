@@ -1,10 +1,9 @@
 """TLS: an SSLContext per server from its configuration, plus the libssl calls Python's ssl lacks.
 
     tls = build_server_context(server)          # at configuration time (and for `-t`); ConfigError on failure
-    set_client_socket(sock)                     # in the connection's task, before the event loop wraps sock
-    ... asyncio/uvloop handshake with tls.context ...   # a failure: handshake_failure(error) is nginx's line
-    check = check_client_certificate(ssl_object, server)
-    facts = tls_facts(ssl_object, server)
+    await peer.start_tls(tls.ssl_ctx, ...)      # mailgate._io; handshake_failure(error) is nginx's line
+    check = check_client_certificate(peer.ssl, server)
+    facts = tls_facts(peer.ssl, server)
 
 The process model calls `after_fork()` in every child right after fork().
 """
@@ -14,7 +13,7 @@ from mailgate.tls.context import ServerTls, build_server_context
 from mailgate.tls.facts import ClientCertificate, TlsFacts
 from mailgate.tls.failures import TlsError, TlsLogLine, handshake_failure
 from mailgate.tls.sessions import after_fork, set_shared_cache_directory, shared_cache_directory
-from mailgate.tls.sslobject import SHUTDOWN_TIMEOUT, close_without_notify, set_client_socket
+from mailgate.tls.sslobject import SHUTDOWN_TIMEOUT
 
 __all__ = [
     "SHUTDOWN_TIMEOUT",
@@ -28,9 +27,7 @@ __all__ = [
     "after_fork",
     "build_server_context",
     "check_client_certificate",
-    "close_without_notify",
     "handshake_failure",
-    "set_client_socket",
     "set_shared_cache_directory",
     "shared_cache_directory",
     "tls_facts",

@@ -9,33 +9,22 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from mailgate.tls.libssl import (
-    SSL3_AL_FATAL,
-    SSL_AD_REASON_OFFSET,
-    SSL_CB_ALERT,
-    SSL_CB_READ,
     SSL_OP_NO_TICKET,
     SSL_TLSEXT_ERR_ALERT_FATAL,
     SSL_TLSEXT_ERR_OK,
     TLS1_3_VERSION,
     AlpnSelectCallback,
     GetSessionCallback,
-    InfoCallback,
     NewSessionCallback,
-    QueuedError,
     RemoveSessionCallback,
     TicketKeyCallback,
     VerifyCallback,
     crypto,
-    error_string,
     libssl,
-    peek_errors,
-    pointer_of,
-    ssl_error_code,
 )
 from mailgate.tls.sessions import MAX_SESSION_SIZE, SharedSessionCache
 from mailgate.tls.tickets import TicketKeyRing
@@ -55,8 +44,6 @@ class CallbackState:
 
 _states: dict[int, CallbackState] = {}
 _alpn_names: dict[bytes, Any] = {}  # persistent buffers OpenSSL may point into after the callback returns
-# For each watched connection (by SSL*), the OpenSSL errors behind its last fatal alert, sent or received.
-_fatal_alerts: dict[int, list[QueuedError] | None] = {}
 
 
 def register(ssl_ctx: int, state: CallbackState) -> None:
@@ -71,26 +58,6 @@ def unregister(ssl_ctx: int) -> None:
 
 def state_of(ssl_ctx: int) -> CallbackState | None:
     return _states.get(ssl_ctx)
-
-
-def watch_fatal_alerts(ssl: int) -> None:
-    """Remember the errors behind the fatal alerts of this connection until `forget_fatal_alerts`."""
-    _fatal_alerts[ssl] = None
-
-
-def forget_fatal_alerts(ssl: int) -> None:
-    _fatal_alerts.pop(ssl, None)
-
-
-def take_fatal_alert_errors(ssl: int) -> list[QueuedError] | None:
-    """The errors OpenSSL had queued when the connection's last fatal alert was sent or received.
-
-    Python's ssl empties the error queue before a failed read reaches us; the info callback saw it first.
-    """
-    errors = _fatal_alerts.get(ssl)
-    if ssl in _fatal_alerts:
-        _fatal_alerts[ssl] = None
-    return errors
 
 
 def _state_of_ssl(ssl: int) -> CallbackState | None:
@@ -177,47 +144,6 @@ def _remove_session(ssl_ctx: int, session: int) -> None:
         log.exception("removing a session from the shared cache failed")
 
 
-def _info(ssl: int, where: int, ret: int) -> None:
-    # Installed on a connection only once its handshake is done (see ClientSSLObject): after it, state
-    # changes are rare, and a failed read needs the errors behind a fatal alert that Python's ssl discards.
-    if where & SSL_CB_ALERT and ret >> 8 == SSL3_AL_FATAL and ssl in _fatal_alerts:
-        _note_fatal_alert(ssl, where, ret)
-
-
-def _note_fatal_alert(ssl: int, where: int, alert: int) -> None:
-    try:
-        if where & SSL_CB_READ:
-            # OpenSSL queues the client's alert only after this call, always in this form.
-            number = alert & 0xFF
-            code = ssl_error_code(SSL_AD_REASON_OFFSET + number)
-            _fatal_alerts[ssl] = [QueuedError(code, f"{error_string(code)}:SSL alert number {number}")]
-        else:
-            _fatal_alerts[ssl] = peek_errors()  # what made OpenSSL send it is queued already
-    except Exception:
-        log.exception("reading the errors behind a fatal alert failed")
-
-
-def clamp_resumed_tls13_lifetime(ssl: int) -> None:
-    """TLS 1.3 resumption renews a session's creation time; keep its total lifetime within the timeout.
-
-    Called between the server's first flight and the client's Finished, before OpenSSL issues the new
-    tickets, on a connection that resumed a TLS 1.3 session (a ctypes call from the handshake driver, not an
-    info callback that would run on every handshake state change).
-    """
-    session = libssl.SSL_get_session(ssl)
-    if not session:
-        return
-    now = int(time.time())
-    created = libssl.SSL_SESSION_get_time(session)
-    ssl_ctx = libssl.SSL_get_SSL_CTX(ssl)
-    timeout = min(libssl.SSL_SESSION_get_timeout(session), libssl.SSL_CTX_get_timeout(ssl_ctx))
-    if now - created >= timeout:
-        libssl.SSL_SESSION_set1_id_context(session, b"", 0)
-    else:
-        libssl.SSL_SESSION_set_time(session, now)
-        libssl.SSL_SESSION_set_timeout(session, timeout - (now - created))
-
-
 # Static objects of libcrypto, looked up once rather than through ctypes on every ticket.
 _SHA256 = crypto.EVP_sha256()
 _AES_128_CBC = crypto.EVP_aes_128_cbc()
@@ -268,6 +194,4 @@ ALPN_SELECT = AlpnSelectCallback(_select_alpn)
 NEW_SESSION = NewSessionCallback(_new_session)
 GET_SESSION = GetSessionCallback(_get_session)
 REMOVE_SESSION = RemoveSessionCallback(_remove_session)
-INFO = InfoCallback(_info)
-INFO_POINTER = pointer_of(INFO)
 TICKET_KEY = TicketKeyCallback(_ticket_key)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import ssl
 from dataclasses import dataclass
 from enum import Enum
 
@@ -26,7 +25,6 @@ from mailgate.tls.libssl import (
     bio_contents,
     crypto,
     libssl,
-    ssl_of,
     verify_error_string,
 )
 
@@ -81,12 +79,12 @@ def _has_peer_certificate(ssl: int) -> bool:
     return True
 
 
-def check_client_certificate(ssl_object: ssl.SSLObject, server: ServerConfig) -> CertCheck:
-    """nginx's decision after the handshake; on rejection the session is also removed from the caches."""
+def check_client_certificate(ssl: int, server: ServerConfig) -> CertCheck:
+    """nginx's decision after the handshake on the connection's `SSL*`; on rejection the session is also
+    removed from the caches."""
     mode = server.ssl.verify_client
     if mode is VerifyClient.OFF:
         return CertCheck(CertStatus.OK)
-    ssl = ssl_of(ssl_object)
     code = libssl.SSL_get_verify_result(ssl)
     if code != X509_V_OK and not (mode is VerifyClient.OPTIONAL_NO_CA and code in _OPTIONAL_NO_CA_TOLERATED):
         _forget_session(ssl)
@@ -109,10 +107,10 @@ def _forget_session(ssl: int) -> None:
         state.shared_cache.remove(session_id(session))
 
 
-def tls_facts(ssl_object: ssl.SSLObject, server: ServerConfig) -> TlsFacts:
-    """Protocol, cipher, verify result and client certificate, in exactly nginx's formats."""
-    ssl = ssl_of(ssl_object)
-    cipher = ssl_object.cipher()
+def tls_facts(ssl: int, server: ServerConfig) -> TlsFacts:
+    """Protocol, cipher, verify result and client certificate of a connection's `SSL*`, in exactly nginx's
+    formats."""
+    cipher = libssl.SSL_CIPHER_get_name(libssl.SSL_get_current_cipher(ssl))
     resumed = bool(libssl.SSL_session_reused(ssl))
     certificate = _client_certificate(ssl, resumed)
     code = libssl.SSL_get_verify_result(ssl) if certificate is not None else 1
@@ -126,18 +124,28 @@ def tls_facts(ssl_object: ssl.SSLObject, server: ServerConfig) -> TlsFacts:
             verify = f"FAILED:{verify_error_string(code)}"
     server_name = libssl.SSL_get_servername(ssl, TLSEXT_NAMETYPE_HOST_NAME)
     signature, key = _own_certificate_algorithms(ssl)
+    version = libssl.SSL_get_version(ssl)
     return TlsFacts(
-        protocol=ssl_object.version() or "",
-        cipher=cipher[0] if cipher else "",
+        protocol=version.decode("ascii", "replace") if version else "",
+        cipher=cipher.decode("ascii", "replace") if cipher else "",
         resumed=resumed,
         verify=verify,
         verify_code=code,
         certificate=certificate,
         server_name=server_name.decode("utf-8", "replace") if server_name else None,
-        alpn=ssl_object.selected_alpn_protocol(),
+        alpn=_selected_alpn(ssl),
         server_signature_algorithm=signature,
         server_key_algorithm=key,
     )
+
+
+def _selected_alpn(ssl: int) -> str | None:
+    name = ctypes.c_void_p()
+    length = ctypes.c_uint()
+    libssl.SSL_get0_alpn_selected(ssl, ctypes.byref(name), ctypes.byref(length))
+    if not name.value or not length.value:
+        return None
+    return ctypes.string_at(name.value, length.value).decode("ascii", "replace")
 
 
 def _name_text(name: int) -> str:

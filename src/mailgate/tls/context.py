@@ -69,7 +69,6 @@ from mailgate.tls.libssl import (
     ssl_ctx_of,
 )
 from mailgate.tls.sessions import SharedSessionCache, shared_cache
-from mailgate.tls.sslobject import ClientSSLObject
 from mailgate.tls.tickets import TicketKeyRing, read_ticket_key_file
 
 _PROTOCOL_OPTIONS = (
@@ -92,13 +91,18 @@ _NGINX_OPTIONS = (
 
 @dataclass(frozen=True, eq=False)
 class ServerTls:
-    """One server's TLS: `context` goes to the event loop (asyncio, uvloop); the rest is for inspection."""
+    """One server's TLS: `ssl_ctx` (the `SSL_CTX*` of `context`) is what client connections are made
+    from (`Peer.start_tls`); the rest is for inspection."""
 
     context: ssl.SSLContext
     server: ServerConfig
     session_id_context: bytes  # what nginx would compute: SHA-1 of "MAIL", certificates, client CA names
     shared_cache: SharedSessionCache | None = None
     warnings: tuple[str, ...] = ()  # nginx's [warn] lines for this context (the caller logs them)
+
+    @functools.cached_property
+    def ssl_ctx(self) -> int:
+        return ssl_ctx_of(self.context)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,6 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
 
     crypto.ERR_clear_error()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.sslobject_class = ClientSSLObject
     ctx = ssl_ctx_of(context)
     _set_fixed_options(ctx, settings.protocols)
     libssl.SSL_CTX_set_alpn_select_cb(ctx, pointer_of(callbacks.ALPN_SELECT), None)

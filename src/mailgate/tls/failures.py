@@ -144,3 +144,12 @@ def handshake_failure(error: BaseException) -> TlsLogLine | None:
     if isinstance(error, OSError):
         return peer_closed_in_handshake(error.errno)  # uvloop reports an EOF as ConnectionResetError()
     return TlsLogLine(LogLevel.CRIT, f"SSL_do_handshake() failed ({error!r})")
+
+
+def tls_failure(call: str, errors: list[tuple[int, str]]) -> TlsError:
+    """The error a failed SSL call on a client connection raises (`mailgate._io` calls this with OpenSSL's
+    queued errors, oldest first): a handshake that failed with nothing queued is the client's close."""
+    queued = [QueuedError(code, text) for code, text in errors]
+    if not queued and call == "SSL_do_handshake()":
+        return TlsError(peer_closed_in_handshake(None))
+    return TlsError(ssl_call_failed(call, queued))

@@ -1,0 +1,2329 @@
+/* mailgate._io: the connections of a session and the relay between them, in C.
+ *
+ * A session's sockets are driven here rather than through asyncio transports and Python protocol objects:
+ * per session that was hundreds of Python calls (every read, write, TLS record and timer), which made most
+ * of mailgate's CPU time against nginx's. The Python session still walks the stages (protocol engines,
+ * auth, backend login); it awaits this module's futures at each wait.
+ *
+ * Reactor  one per event loop: an epoll set of its own (edge-triggered, each socket added once, as nginx
+ *          does) plus a timerfd for its deadlines; the event loop watches the epoll fd and calls process().
+ * Peer     one connection (the client's or the backend's): reads on demand (only when a read is waited
+ *          for, or in the relay), writes through its own output buffer, and can become the server end of
+ *          TLS (start_tls). TLS runs on the connection's socket through a BIO of ours: reads go straight
+ *          to recv(), writes gather in the output buffer and leave in one send() per flight.
+ * Relay    pipes two Peers into each other, in C, until one side ends (rules in mailgate/proxy/relay.py).
+ *
+ * Everything runs on the event loop's thread with the GIL held. Futures are the event loop's own; they are
+ * resolved here and never run Python code synchronously (asyncio schedules their callbacks).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Bytes read from a socket per recv() call, into the reactor's one scratch buffer. */
+#define SCRATCH_SIZE (256 * 1024)
+/* Plaintext taken from TLS per SSL_read() call (a record holds at most 16 KiB). */
+#define TLS_READ_SIZE (64 * 1024)
+/* The relay stops reading one side while the other's output buffer holds more than this, and reads again
+ * once it is down to the low mark. */
+#define RELAY_HIGH_WATER (512 * 1024)
+#define RELAY_LOW_WATER (128 * 1024)
+/* Seconds without any transfer after a client's half-close before the backend is told (relay.py). */
+#define HALF_CLOSE_QUIET 1.0
+#define EVENTS_PER_WAIT 256
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Byte buffers */
+
+typedef struct {
+    char *data;
+    size_t start; /* first unconsumed byte */
+    size_t len;   /* unconsumed bytes */
+    size_t cap;
+} Buffer;
+
+static int
+buffer_append(Buffer *b, const char *bytes, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (b->start + b->len + n > b->cap) {
+        if (b->len + n <= b->cap && b->start > 0) {
+            memmove(b->data, b->data + b->start, b->len);
+            b->start = 0;
+        }
+        else {
+            size_t cap = b->cap ? b->cap : 4096;
+            while (cap < b->len + n)
+                cap *= 2;
+            char *grown = PyMem_RawMalloc(cap);
+            if (grown == NULL)
+                return -1;
+            if (b->len)
+                memcpy(grown, b->data + b->start, b->len);
+            PyMem_RawFree(b->data);
+            b->data = grown;
+            b->cap = cap;
+            b->start = 0;
+        }
+    }
+    memcpy(b->data + b->start + b->len, bytes, n);
+    b->len += n;
+    return 0;
+}
+
+static void
+buffer_free(Buffer *b)
+{
+    PyMem_RawFree(b->data);
+    b->data = NULL;
+    b->start = b->len = b->cap = 0;
+}
+
+static void
+buffer_consume(Buffer *b, size_t n)
+{
+    b->start += n;
+    b->len -= n;
+    if (b->len == 0)
+        buffer_free(b); /* an idle connection holds no buffer */
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Module state: interned names, the exception factory set from Python */
+
+static PyObject *str_set_result, *str_set_exception, *str_done, *str_cancelled;
+static PyObject *tls_failure_factory; /* (call: str, errors: list[(code, text)]) -> exception */
+
+static double
+monotonic_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Types */
+
+typedef struct ReactorObject ReactorObject;
+typedef struct PeerObject PeerObject;
+typedef struct RelayObject RelayObject;
+
+enum timer_kind { TIMER_DEADLINE, TIMER_TLS, TIMER_RELAY };
+
+typedef struct {
+    double when;
+    Py_ssize_t index; /* position in the reactor's heap, -1 when not armed */
+    int kind;
+    void *owner; /* PeerObject* or RelayObject* (borrowed: a timer is cancelled before its owner goes) */
+} Timer;
+
+struct ReactorObject {
+    PyObject_HEAD
+    int epfd;
+    int timerfd;
+    double armed; /* when the timerfd fires next; INFINITY when disarmed */
+    PyObject *create_future; /* the event loop's create_future */
+    Timer **heap;
+    Py_ssize_t heap_len, heap_cap;
+    char *scratch;
+    PeerObject *peers; /* every registered Peer (a strong reference each), a doubly linked list */
+    int closed;
+};
+
+enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_OPEN, TLS_CLOSING, TLS_CLOSED };
+
+/* Peer flags */
+#define P_READABLE 0x0001    /* the socket may have input (edge-triggered: cleared on EAGAIN) */
+#define P_WRITABLE 0x0002    /* the socket may take output */
+#define P_EOF 0x0004         /* the peer sends no more: TCP EOF or TLS close_notify */
+#define P_LOST 0x0008        /* the connection is gone: closed by us, failed or reset */
+#define P_CLOSING 0x0010     /* close() was asked: output is flushed, then the socket closed */
+#define P_CONNECTING 0x0020  /* a connect() in progress */
+#define P_EXPIRED 0x0040     /* the deadline passed */
+#define P_SHUT_WR 0x0080     /* shut our sending side down once the output is flushed */
+#define P_TCP 0x0100
+#define P_WRITE_EOF_DONE 0x0200
+
+struct PeerObject {
+    PyObject_HEAD
+    ReactorObject *reactor;
+    PeerObject *prev, *next; /* in the reactor's list while registered */
+    int fd;
+    unsigned flags;
+    int family;
+    Buffer in;  /* plaintext received and not yet taken */
+    Buffer out; /* bytes for the socket (ciphertext once TLS is on) */
+    PyObject *read_waiter, *drain_waiter, *connect_waiter, *handshake_waiter;
+    PyObject *error; /* why the connection ended, when it was an error */
+    Timer deadline;
+    /* TLS */
+    SSL *ssl;
+    int tls_state;
+    int resumption_checked;
+    int bio_eof;
+    int bio_errno;
+    double shutdown_timeout;
+    Timer tls_timer;
+    Buffer backlog; /* plaintext an SSL_write could not take yet (a renegotiation wants input first) */
+    RelayObject *relay; /* borrowed: the relay holds us and clears this when it ends */
+};
+
+struct RelayObject {
+    PyObject_HEAD
+    PeerObject *client, *backend;
+    double timeout;
+    double last_activity;
+    Timer timer;
+    int backend_owed_eof;
+    int quiet_on_timeout;
+    int running, finished;
+    long long client_to_backend, backend_to_client;
+    PyObject *done;
+};
+
+static PyTypeObject ReactorType, PeerType, RelayType;
+
+static void peer_pull(PeerObject *p);
+static void peer_flush(PeerObject *p);
+static void peer_lost(PeerObject *p, PyObject *error);
+static void peer_do_close(PeerObject *p);
+static void peer_input_ended(PeerObject *p);
+static void tls_handshake_step(PeerObject *p);
+static void tls_shutdown_step(PeerObject *p);
+static void tls_failed(PeerObject *p, PyObject *error);
+static void tls_done(PeerObject *p, PyObject *outcome);
+static void relay_forward(RelayObject *r, PeerObject *source, const char *data, size_t n);
+static void relay_end_of_input(RelayObject *r, PeerObject *p);
+static void relay_lost(RelayObject *r, PeerObject *p);
+static void relay_resume_towards(RelayObject *r, PeerObject *target);
+static void relay_timer_fired(RelayObject *r);
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Futures */
+
+static PyObject *
+new_future(ReactorObject *reactor)
+{
+    return PyObject_CallNoArgs(reactor->create_future);
+}
+
+static int
+future_done(PyObject *future)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(future, str_done);
+    if (done == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    int result = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    return result != 0;
+}
+
+/* Resolve and release *slot (steals nothing; `value` is borrowed). */
+static void
+resolve(PyObject **slot, PyObject *value)
+{
+    PyObject *future = *slot;
+    if (future == NULL)
+        return;
+    *slot = NULL;
+    if (!future_done(future)) {
+        PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, value);
+        if (r == NULL)
+            PyErr_WriteUnraisable(future);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(future);
+}
+
+static void
+fail(PyObject **slot, PyObject *exception)
+{
+    PyObject *future = *slot;
+    if (future == NULL)
+        return;
+    *slot = NULL;
+    if (!future_done(future)) {
+        PyObject *r = PyObject_CallMethodOneArg(future, str_set_exception, exception);
+        if (r == NULL)
+            PyErr_WriteUnraisable(future);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(future);
+}
+
+static PyObject *
+completed_future(ReactorObject *reactor, PyObject *value)
+{
+    PyObject *future = new_future(reactor);
+    if (future == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, value);
+    if (r == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return future;
+}
+
+static PyObject *
+failed_future(ReactorObject *reactor, PyObject *exception)
+{
+    PyObject *future = new_future(reactor);
+    if (future == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg(future, str_set_exception, exception);
+    if (r == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return future;
+}
+
+/* New exception instances */
+
+static PyObject *
+os_error(int number)
+{
+    return PyObject_CallFunction(PyExc_OSError, "is", number, strerror(number));
+}
+
+static PyObject *
+exception0(PyObject *type)
+{
+    return PyObject_CallNoArgs(type);
+}
+
+static PyObject *
+exception1(PyObject *type, const char *message)
+{
+    return PyObject_CallFunction(type, "s", message);
+}
+
+/* Call the factory for a failed SSL call, taking OpenSSL's error queue (oldest first). */
+static PyObject *
+tls_failure(const char *call)
+{
+    PyObject *errors = PyList_New(0);
+    if (errors == NULL)
+        return NULL;
+    for (;;) {
+        const char *data = NULL;
+        int flags = 0;
+        unsigned long code = ERR_peek_error_data(&data, &flags);
+        if (code == 0)
+            break;
+        char text[512];
+        ERR_error_string_n(code, text, sizeof text);
+        /* Only text data is worth showing, as nginx's ngx_ssl_error decides. */
+        if (data != NULL && *data && (flags & ERR_TXT_STRING)) {
+            size_t used = strlen(text);
+            snprintf(text + used, sizeof text - used, ":%s", data);
+        }
+        ERR_get_error();
+        PyObject *entry = Py_BuildValue("(ks)", code, text);
+        if (entry == NULL || PyList_Append(errors, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(errors);
+            ERR_clear_error();
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    PyObject *exception;
+    if (tls_failure_factory != NULL)
+        exception = PyObject_CallFunction(tls_failure_factory, "sO", call, errors);
+    else
+        exception = PyObject_CallFunction(PyExc_OSError, "sO", call, errors);
+    Py_DECREF(errors);
+    return exception;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Timers: a binary heap per reactor, behind one timerfd armed for the earliest */
+
+static void
+heap_swap(ReactorObject *r, Py_ssize_t a, Py_ssize_t b)
+{
+    Timer *t = r->heap[a];
+    r->heap[a] = r->heap[b];
+    r->heap[b] = t;
+    r->heap[a]->index = a;
+    r->heap[b]->index = b;
+}
+
+static void
+heap_up(ReactorObject *r, Py_ssize_t i)
+{
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if (r->heap[parent]->when <= r->heap[i]->when)
+            break;
+        heap_swap(r, i, parent);
+        i = parent;
+    }
+}
+
+static void
+heap_down(ReactorObject *r, Py_ssize_t i)
+{
+    for (;;) {
+        Py_ssize_t left = 2 * i + 1, right = left + 1, least = i;
+        if (left < r->heap_len && r->heap[left]->when < r->heap[least]->when)
+            least = left;
+        if (right < r->heap_len && r->heap[right]->when < r->heap[least]->when)
+            least = right;
+        if (least == i)
+            break;
+        heap_swap(r, i, least);
+        i = least;
+    }
+}
+
+static void
+reactor_arm(ReactorObject *r, double when)
+{
+    struct itimerspec spec = {{0, 0}, {0, 0}};
+    if (isfinite(when)) {
+        if (when <= 0)
+            when = 1e-9;
+        spec.it_value.tv_sec = (time_t)when;
+        spec.it_value.tv_nsec = (long)((when - (double)spec.it_value.tv_sec) * 1e9);
+        if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
+            spec.it_value.tv_nsec = 1;
+    }
+    if (r->timerfd >= 0 && timerfd_settime(r->timerfd, TFD_TIMER_ABSTIME, &spec, NULL) == 0)
+        r->armed = when;
+}
+
+static void
+timer_cancel(ReactorObject *r, Timer *t)
+{
+    Py_ssize_t i = t->index;
+    if (i < 0)
+        return;
+    t->index = -1;
+    r->heap_len--;
+    if (i != r->heap_len) {
+        r->heap[i] = r->heap[r->heap_len];
+        r->heap[i]->index = i;
+        heap_down(r, i);
+        heap_up(r, i);
+    }
+    /* The timerfd stays armed: firing early costs one look at the heap, re-arming costs a system call. */
+}
+
+static int
+timer_set(ReactorObject *r, Timer *t, double when)
+{
+    timer_cancel(r, t);
+    if (r->heap_len == r->heap_cap) {
+        Py_ssize_t cap = r->heap_cap ? r->heap_cap * 2 : 64;
+        Timer **grown = PyMem_Realloc(r->heap, (size_t)cap * sizeof(Timer *));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->heap = grown;
+        r->heap_cap = cap;
+    }
+    t->when = when;
+    t->index = r->heap_len;
+    r->heap[r->heap_len++] = t;
+    heap_up(r, t->index);
+    if (when < r->armed)
+        reactor_arm(r, when);
+    return 0;
+}
+
+static void peer_deadline_fired(PeerObject *p);
+static void tls_timer_fired(PeerObject *p);
+
+static void
+reactor_run_timers(ReactorObject *r)
+{
+    double now = monotonic_now();
+    while (r->heap_len > 0 && r->heap[0]->when <= now) {
+        Timer *t = r->heap[0];
+        timer_cancel(r, t);
+        PyObject *owner = (PyObject *)t->owner;
+        Py_INCREF(owner); /* the handler may end the connection or relay */
+        switch (t->kind) {
+        case TIMER_DEADLINE:
+            peer_deadline_fired((PeerObject *)owner);
+            break;
+        case TIMER_TLS:
+            tls_timer_fired((PeerObject *)owner);
+            break;
+        case TIMER_RELAY:
+            relay_timer_fired((RelayObject *)owner);
+            break;
+        }
+        Py_DECREF(owner);
+    }
+    double next = r->heap_len > 0 ? r->heap[0]->when : INFINITY;
+    if (next != r->armed && (next < r->armed || r->armed <= now))
+        reactor_arm(r, next);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Reactor */
+
+static void
+reactor_link(ReactorObject *r, PeerObject *p)
+{
+    Py_INCREF(p);
+    p->prev = NULL;
+    p->next = r->peers;
+    if (r->peers)
+        r->peers->prev = p;
+    r->peers = p;
+}
+
+static void
+reactor_unlink(ReactorObject *r, PeerObject *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (r->peers == p)
+        r->peers = p->next;
+    else
+        return; /* not linked */
+    if (p->next)
+        p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+    Py_DECREF(p);
+}
+
+static int
+reactor_register(ReactorObject *r, PeerObject *p)
+{
+    struct epoll_event event;
+    event.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    event.data.ptr = p;
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->fd, &event) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    reactor_link(r, p);
+    return 0;
+}
+
+static PyObject *
+Reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"loop", NULL};
+    PyObject *loop;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &loop))
+        return NULL;
+    ReactorObject *r = (ReactorObject *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    r->epfd = r->timerfd = -1;
+    r->armed = INFINITY;
+    r->create_future = PyObject_GetAttrString(loop, "create_future");
+    if (r->create_future == NULL)
+        goto failed;
+    r->scratch = PyMem_RawMalloc(SCRATCH_SIZE);
+    if (r->scratch == NULL) {
+        PyErr_NoMemory();
+        goto failed;
+    }
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    r->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (r->epfd < 0 || r->timerfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto failed;
+    }
+    struct epoll_event event;
+    event.events = EPOLLIN;
+    event.data.ptr = NULL; /* the timerfd */
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->timerfd, &event) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto failed;
+    }
+    return (PyObject *)r;
+failed:
+    Py_DECREF(r);
+    return NULL;
+}
+
+static void
+reactor_close(ReactorObject *r)
+{
+    if (r->closed)
+        return;
+    r->closed = 1;
+    while (r->peers) {
+        PeerObject *p = r->peers;
+        Py_INCREF(p);
+        if (p->fd >= 0)
+            peer_do_close(p);
+        reactor_unlink(r, p);
+        Py_DECREF(p);
+    }
+    if (r->epfd >= 0)
+        close(r->epfd);
+    if (r->timerfd >= 0)
+        close(r->timerfd);
+    r->epfd = r->timerfd = -1;
+}
+
+static void
+Reactor_dealloc(ReactorObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    reactor_close(r);
+    Py_CLEAR(r->create_future);
+    PyMem_Free(r->heap);
+    PyMem_RawFree(r->scratch);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static int
+Reactor_traverse(ReactorObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->create_future);
+    return 0;
+}
+
+static int
+Reactor_clear(ReactorObject *r)
+{
+    Py_CLEAR(r->create_future);
+    return 0;
+}
+
+static void peer_events(PeerObject *p, uint32_t events);
+
+static PyObject *
+Reactor_process(ReactorObject *r, PyObject *unused)
+{
+    struct epoll_event events[EVENTS_PER_WAIT];
+    if (r->closed)
+        Py_RETURN_NONE;
+    int n = epoll_wait(r->epfd, events, EVENTS_PER_WAIT, 0);
+    if (n < 0 && errno != EINTR)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int timers = 0;
+    /* A handler may end another peer of the batch: each is held until the batch is done. */
+    for (int i = 0; i < n; i++)
+        if (events[i].data.ptr)
+            Py_INCREF((PyObject *)events[i].data.ptr);
+    for (int i = 0; i < n; i++) {
+        PeerObject *p = events[i].data.ptr;
+        if (p == NULL) {
+            uint64_t expirations;
+            while (read(r->timerfd, &expirations, sizeof expirations) > 0) {
+            }
+            timers = 1;
+            continue;
+        }
+        if (p->fd >= 0)
+            peer_events(p, events[i].events);
+    }
+    for (int i = 0; i < n; i++)
+        if (events[i].data.ptr)
+            Py_DECREF((PyObject *)events[i].data.ptr);
+    if (timers || (r->heap_len > 0 && r->heap[0]->when <= monotonic_now()))
+        reactor_run_timers(r);
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable((PyObject *)r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Reactor_fileno(ReactorObject *r, PyObject *unused)
+{
+    return PyLong_FromLong(r->epfd);
+}
+
+static PyObject *
+Reactor_close_method(ReactorObject *r, PyObject *unused)
+{
+    reactor_close(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Reactor_get_peers(ReactorObject *r, void *closure)
+{
+    long count = 0;
+    for (PeerObject *p = r->peers; p; p = p->next)
+        count++;
+    return PyLong_FromLong(count);
+}
+
+static PyMethodDef Reactor_methods[] = {
+    {"process", (PyCFunction)Reactor_process, METH_NOARGS,
+     "Handle what is ready: socket events and deadlines that passed (the event loop calls it when the "
+     "reactor's fileno() is readable)."},
+    {"fileno", (PyCFunction)Reactor_fileno, METH_NOARGS, "The epoll descriptor for the event loop to watch."},
+    {"close", (PyCFunction)Reactor_close_method, METH_NOARGS, "Abort every connection and release the reactor."},
+    {NULL}};
+
+static PyGetSetDef Reactor_getset[] = {
+    {"connections", (getter)Reactor_get_peers, NULL, "Connections with a socket still open.", NULL},
+    {NULL}};
+
+static PyTypeObject ReactorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mailgate._io.Reactor",
+    .tp_basicsize = sizeof(ReactorObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reactor(loop): the sockets and deadlines of one event loop's sessions.",
+    .tp_new = Reactor_new,
+    .tp_dealloc = (destructor)Reactor_dealloc,
+    .tp_traverse = (traverseproc)Reactor_traverse,
+    .tp_clear = (inquiry)Reactor_clear,
+    .tp_methods = Reactor_methods,
+    .tp_getset = Reactor_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The TLS BIO: reads from the socket (after any bytes received before start_tls), writes to the output
+ * buffer. It also notes what the socket said (EOF, an errno), which OpenSSL's error queue would blur. */
+
+static BIO_METHOD *peer_bio_method;
+
+static int
+peer_bio_read(BIO *bio, char *out, int size)
+{
+    PeerObject *p = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (p == NULL || size <= 0)
+        return 0;
+    if (p->in.len) { /* a ClientHello that arrived with the connection, before start_tls */
+        size_t n = p->in.len < (size_t)size ? p->in.len : (size_t)size;
+        memcpy(out, p->in.data + p->in.start, n);
+        buffer_consume(&p->in, n);
+        return (int)n;
+    }
+    if (p->fd < 0) {
+        p->bio_eof = 1;
+        return 0;
+    }
+    for (;;) {
+        ssize_t n = recv(p->fd, out, (size_t)size, 0);
+        if (n > 0)
+            return (int)n;
+        if (n == 0) {
+            p->bio_eof = 1;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            p->flags &= ~P_READABLE;
+            BIO_set_retry_read(bio);
+            return -1;
+        }
+        p->bio_errno = errno;
+        return -1;
+    }
+}
+
+static int
+peer_bio_write(BIO *bio, const char *data, int size)
+{
+    PeerObject *p = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (p == NULL || size < 0)
+        return -1;
+    if (buffer_append(&p->out, data, (size_t)size) < 0)
+        return -1;
+    return size;
+}
+
+static long
+peer_bio_ctrl(BIO *bio, int command, long number, void *pointer)
+{
+    switch (command) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int
+peer_bio_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+static int
+peer_bio_destroy(BIO *bio)
+{
+    BIO_set_data(bio, NULL);
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Peer: the socket */
+
+static int
+peer_wants_input(PeerObject *p)
+{
+    if (p->fd < 0 || (p->flags & (P_LOST | P_CONNECTING)))
+        return 0;
+    if (p->tls_state == TLS_HANDSHAKE || p->tls_state == TLS_CLOSING)
+        return 1;
+    if (p->flags & (P_CLOSING | P_EOF))
+        return 0;
+    if (p->relay != NULL) {
+        RelayObject *r = p->relay;
+        PeerObject *target = p == r->client ? r->backend : r->client;
+        return target->out.len <= RELAY_HIGH_WATER;
+    }
+    return p->read_waiter != NULL;
+}
+
+/* Plaintext from the peer: to the relay, or to the buffer for read(). */
+static void
+peer_deliver(PeerObject *p, const char *data, size_t n)
+{
+    if (p->relay != NULL) {
+        relay_forward(p->relay, p, data, n);
+        return;
+    }
+    if (buffer_append(&p->in, data, n) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    if (p->read_waiter != NULL) {
+        PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
+        if (bytes == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        buffer_free(&p->in);
+        resolve(&p->read_waiter, bytes);
+        Py_DECREF(bytes);
+    }
+}
+
+static void
+wake_reader_at_end(PeerObject *p)
+{
+    if (p->read_waiter == NULL)
+        return;
+    PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
+    if (bytes == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    buffer_free(&p->in);
+    resolve(&p->read_waiter, bytes);
+    Py_DECREF(bytes);
+}
+
+static void
+plain_pull(PeerObject *p)
+{
+    char *scratch = p->reactor->scratch;
+    while (peer_wants_input(p) && (p->flags & P_READABLE)) {
+        ssize_t n = recv(p->fd, scratch, SCRATCH_SIZE, 0);
+        if (n > 0) {
+            peer_deliver(p, scratch, (size_t)n);
+            continue;
+        }
+        if (n == 0) {
+            peer_input_ended(p);
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            p->flags &= ~P_READABLE;
+            return;
+        }
+        PyObject *error = os_error(errno);
+        peer_lost(p, error);
+        Py_XDECREF(error);
+        return;
+    }
+}
+
+static void tls_pull(PeerObject *p);
+
+static void
+peer_pull(PeerObject *p)
+{
+    if (p->fd < 0)
+        return;
+    Py_INCREF(p);
+    if (p->tls_state == TLS_NONE)
+        plain_pull(p);
+    else
+        tls_pull(p);
+    Py_DECREF(p);
+}
+
+static void
+peer_flush(PeerObject *p)
+{
+    while (p->out.len && p->fd >= 0 && (p->flags & P_WRITABLE)) {
+        ssize_t n = send(p->fd, p->out.data + p->out.start, p->out.len, MSG_NOSIGNAL);
+        if (n > 0) {
+            buffer_consume(&p->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            p->flags &= ~P_WRITABLE;
+            break;
+        }
+        PyObject *error = os_error(n < 0 ? errno : EPIPE);
+        peer_lost(p, error);
+        Py_XDECREF(error);
+        return;
+    }
+    if (p->fd < 0)
+        return;
+    if (p->out.len == 0 && p->backlog.len == 0) {
+        resolve(&p->drain_waiter, Py_None);
+        if ((p->flags & P_SHUT_WR) && !(p->flags & P_WRITE_EOF_DONE)) {
+            p->flags |= P_WRITE_EOF_DONE;
+            shutdown(p->fd, SHUT_WR);
+        }
+        if ((p->flags & P_CLOSING) && p->tls_state != TLS_CLOSING && p->tls_state != TLS_HANDSHAKE) {
+            peer_do_close(p);
+            return;
+        }
+    }
+    if (p->relay != NULL && p->out.len <= RELAY_LOW_WATER)
+        relay_resume_towards(p->relay, p);
+}
+
+/* Bytes for the peer's socket, as they are (TLS already applied, or plain). */
+static void
+peer_send(PeerObject *p, const char *data, size_t n)
+{
+    if (p->out.len == 0 && (p->flags & P_WRITABLE)) {
+        for (;;) {
+            ssize_t sent = send(p->fd, data, n, MSG_NOSIGNAL);
+            if (sent >= 0) {
+                data += sent;
+                n -= (size_t)sent;
+                if (n == 0)
+                    return;
+                continue;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                p->flags &= ~P_WRITABLE;
+                break;
+            }
+            PyObject *error = os_error(errno);
+            peer_lost(p, error);
+            Py_XDECREF(error);
+            return;
+        }
+    }
+    if (buffer_append(&p->out, data, n) < 0)
+        PyErr_Clear();
+}
+
+static void tls_write(PeerObject *p, const char *data, size_t n);
+
+/* What the session or the relay writes: plaintext. */
+static void
+peer_write(PeerObject *p, const char *data, size_t n)
+{
+    if (p->fd < 0 || (p->flags & (P_LOST | P_CLOSING)) || n == 0)
+        return;
+    if (p->tls_state == TLS_NONE) {
+        peer_send(p, data, n);
+        return;
+    }
+    if (p->tls_state != TLS_OPEN)
+        return; /* closing: what is written now would follow our close_notify */
+    tls_write(p, data, n);
+}
+
+/* The socket is closed: by us (close, abort), or because it failed. */
+static void
+peer_do_close(PeerObject *p)
+{
+    if (p->fd < 0)
+        return;
+    Py_INCREF(p);
+    close(p->fd); /* also leaves the epoll set */
+    p->fd = -1;
+    timer_cancel(p->reactor, &p->deadline);
+    timer_cancel(p->reactor, &p->tls_timer);
+    buffer_free(&p->out);
+    peer_lost(p, NULL);
+    reactor_unlink(p->reactor, p);
+    Py_DECREF(p);
+}
+
+/* The connection is over; waiters learn it. `error` (borrowed) is why, when it was an error. */
+static void
+peer_lost(PeerObject *p, PyObject *error)
+{
+    if (error != NULL && p->error == NULL) {
+        Py_INCREF(error);
+        p->error = error;
+    }
+    if (p->flags & P_LOST) {
+        if (p->fd >= 0)
+            peer_do_close(p);
+        return;
+    }
+    Py_INCREF(p);
+    p->flags |= P_LOST | P_EOF;
+    if (p->tls_state != TLS_NONE && p->tls_state != TLS_CLOSED)
+        tls_done(p, error != NULL ? error : Py_False);
+    if (p->connect_waiter != NULL) {
+        PyObject *e = error ? (Py_INCREF(error), error) : os_error(ECONNRESET);
+        if (e != NULL) {
+            fail(&p->connect_waiter, e);
+            Py_DECREF(e);
+        }
+        else
+            PyErr_Clear();
+    }
+    wake_reader_at_end(p);
+    if (p->drain_waiter != NULL) {
+        PyObject *e = exception1(PyExc_ConnectionResetError, "connection lost");
+        if (e != NULL) {
+            fail(&p->drain_waiter, e);
+            Py_DECREF(e);
+        }
+        else
+            PyErr_Clear();
+    }
+    if (p->fd >= 0)
+        peer_do_close(p);
+    if (p->relay != NULL)
+        relay_lost(p->relay, p);
+    Py_DECREF(p);
+}
+
+/* The peer sends no more (a TCP EOF, or a TLS close_notify). */
+static void
+peer_input_ended(PeerObject *p)
+{
+    if (p->flags & P_EOF)
+        return;
+    p->flags |= P_EOF;
+    wake_reader_at_end(p);
+    if (p->relay != NULL)
+        relay_end_of_input(p->relay, p);
+}
+
+static void
+peer_connected(PeerObject *p)
+{
+    int error = 0;
+    socklen_t length = sizeof error;
+    if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0)
+        error = errno;
+    if (error == 0) {
+        p->flags &= ~P_CONNECTING;
+        resolve(&p->connect_waiter, Py_None);
+        return;
+    }
+    PyObject *e = os_error(error);
+    p->flags &= ~P_CONNECTING;
+    peer_lost(p, e);
+    Py_XDECREF(e);
+}
+
+static void
+peer_events(PeerObject *p, uint32_t events)
+{
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        p->flags |= P_READABLE;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+        p->flags |= P_WRITABLE;
+    if (p->flags & P_CONNECTING) {
+        if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            peer_connected(p);
+        return;
+    }
+    if ((p->flags & P_WRITABLE) && p->out.len)
+        peer_flush(p);
+    if (p->fd >= 0 && (p->flags & P_READABLE) && peer_wants_input(p))
+        peer_pull(p);
+}
+
+static void
+peer_deadline_fired(PeerObject *p)
+{
+    p->flags |= P_EXPIRED;
+    if (p->read_waiter != NULL || p->drain_waiter != NULL || p->connect_waiter != NULL) {
+        PyObject *e = exception0(PyExc_TimeoutError);
+        if (e == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        fail(&p->read_waiter, e);
+        fail(&p->drain_waiter, e);
+        fail(&p->connect_waiter, e);
+        Py_DECREF(e);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Peer: TLS (the server end), on the connection's own socket */
+
+/* TLS is over on this connection; a pending handshake ends with `outcome` (an exception or a bool). */
+static void
+tls_done(PeerObject *p, PyObject *outcome)
+{
+    p->tls_state = TLS_CLOSED;
+    timer_cancel(p->reactor, &p->tls_timer);
+    if (p->handshake_waiter == NULL)
+        return;
+    if (PyExceptionInstance_Check(outcome))
+        fail(&p->handshake_waiter, outcome);
+    else
+        resolve(&p->handshake_waiter, outcome);
+}
+
+/* The connection ends at once: the handshake raises `error`, a reader gets it as the cause. */
+static void
+tls_failed(PeerObject *p, PyObject *error)
+{
+    Py_INCREF(p);
+    if (p->tls_state != TLS_HANDSHAKE && p->error == NULL && error != NULL) {
+        Py_INCREF(error);
+        p->error = error;
+    }
+    tls_done(p, error);
+    peer_flush(p); /* the fatal alert OpenSSL wrote, if any, goes out before the socket closes */
+    peer_do_close(p);
+    Py_DECREF(p);
+}
+
+static void
+tls_failed_new(PeerObject *p, PyObject *error)
+{
+    if (error == NULL) {
+        PyErr_WriteUnraisable((PyObject *)p);
+        error = exception0(PyExc_ConnectionResetError);
+        if (error == NULL) {
+            PyErr_Clear();
+            peer_do_close(p);
+            return;
+        }
+    }
+    tls_failed(p, error);
+    Py_DECREF(error);
+}
+
+/* An SSL call failed: why, as the socket or OpenSSL's queue says (a new reference). */
+static PyObject *
+tls_call_error(PeerObject *p, const char *call, int in_handshake)
+{
+    if (p->bio_errno) {
+        ERR_clear_error();
+        return os_error(p->bio_errno);
+    }
+    if (p->bio_eof) {
+        ERR_clear_error();
+        /* An EOF without close_notify: in the handshake a reset (uvloop's and nginx's view alike). */
+        return exception0(PyExc_ConnectionResetError);
+    }
+    return tls_failure(call);
+}
+
+/* The socket ended (EOF or an error) while TLS was open or closing: close as nginx does. */
+static void
+tls_socket_ended(PeerObject *p)
+{
+    if (p->bio_errno) {
+        PyObject *error = os_error(p->bio_errno);
+        tls_done(p, Py_False);
+        peer_lost(p, error);
+        Py_XDECREF(error);
+        return;
+    }
+    /* TLS has no half-close: an EOF without close_notify ends the connection. */
+    tls_done(p, Py_False);
+    p->flags |= P_CLOSING;
+    peer_flush(p);
+    if (p->fd >= 0)
+        peer_do_close(p);
+}
+
+/* TLS 1.3 resumption renews a session's creation time; keep its total lifetime within the timeout.
+ * Called between the server's first flight and the client's Finished, before OpenSSL issues the new
+ * tickets, on a connection that resumed a TLS 1.3 session. */
+static void
+clamp_resumed_tls13_lifetime(SSL *ssl)
+{
+    SSL_SESSION *session = SSL_get_session(ssl);
+    if (session == NULL)
+        return;
+    long now = (long)time(NULL);
+    long created = (long)SSL_SESSION_get_time(session);
+    long timeout = (long)SSL_SESSION_get_timeout(session);
+    long context_timeout = (long)SSL_CTX_get_timeout(SSL_get_SSL_CTX(ssl));
+    if (context_timeout < timeout)
+        timeout = context_timeout;
+    if (now - created >= timeout)
+        SSL_SESSION_set1_id_context(session, (const unsigned char *)"", 0);
+    else {
+        SSL_SESSION_set_time(session, now);
+        SSL_SESSION_set_timeout(session, timeout - (now - created));
+    }
+}
+
+static void
+tls_handshake_step(PeerObject *p)
+{
+    ERR_clear_error();
+    p->bio_eof = p->bio_errno = 0;
+    int result = SSL_do_handshake(p->ssl);
+    if (result == 1) {
+        p->tls_state = TLS_OPEN;
+        timer_cancel(p->reactor, &p->tls_timer);
+        peer_flush(p);
+        if (p->fd >= 0)
+            resolve(&p->handshake_waiter, Py_True);
+        return;
+    }
+    int error = SSL_get_error(p->ssl, result);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        if (!p->resumption_checked && SSL_session_reused(p->ssl)) {
+            /* The server's flight is out and the client's Finished not yet read: OpenSSL has not issued
+             * this connection's new tickets yet. */
+            p->resumption_checked = 1;
+            if (SSL_version(p->ssl) == TLS1_3_VERSION)
+                clamp_resumed_tls13_lifetime(p->ssl);
+        }
+        peer_flush(p);
+        return;
+    }
+    tls_failed_new(p, tls_call_error(p, "SSL_do_handshake()", 1));
+}
+
+static void
+tls_start_shutdown(PeerObject *p)
+{
+    p->tls_state = TLS_CLOSING;
+    timer_set(p->reactor, &p->tls_timer, monotonic_now() + p->shutdown_timeout);
+    tls_shutdown_step(p);
+}
+
+static void
+tls_write_backlog(PeerObject *p)
+{
+    while (p->backlog.len) {
+        ERR_clear_error();
+        int n = SSL_write(p->ssl, p->backlog.data + p->backlog.start, (int)p->backlog.len);
+        if (n <= 0)
+            return;
+        buffer_consume(&p->backlog, (size_t)n);
+    }
+}
+
+static void
+tls_pull(PeerObject *p)
+{
+    if (p->tls_state == TLS_HANDSHAKE) {
+        tls_handshake_step(p);
+        if (p->tls_state != TLS_OPEN || p->fd < 0)
+            return;
+        /* the client's first request may have come with its Finished: read it when someone wants it */
+    }
+    if (p->tls_state == TLS_CLOSING) {
+        tls_shutdown_step(p);
+        return;
+    }
+    if (p->tls_state != TLS_OPEN)
+        return;
+    char *scratch = p->reactor->scratch;
+    int close_notify = 0;
+    while (peer_wants_input(p) && p->tls_state == TLS_OPEN) {
+        if (!(p->flags & P_READABLE) && !SSL_has_pending(p->ssl))
+            break;
+        ERR_clear_error();
+        p->bio_eof = p->bio_errno = 0;
+        int n = SSL_read(p->ssl, scratch, TLS_READ_SIZE);
+        if (n > 0) {
+            peer_deliver(p, scratch, (size_t)n);
+            continue;
+        }
+        int error = SSL_get_error(p->ssl, n);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+            if (!SSL_has_pending(p->ssl))
+                p->flags &= ~P_READABLE;
+            break;
+        }
+        if (error == SSL_ERROR_ZERO_RETURN) {
+            close_notify = 1;
+            break;
+        }
+        if (p->bio_eof || p->bio_errno) {
+            peer_flush(p);
+            tls_socket_ended(p);
+            return;
+        }
+        tls_failed_new(p, tls_failure("SSL_read()"));
+        return;
+    }
+    if (p->fd < 0)
+        return;
+    if (p->backlog.len)
+        tls_write_backlog(p);
+    peer_flush(p);
+    if (close_notify && p->tls_state == TLS_OPEN && p->fd >= 0) {
+        /* The client's close_notify: nginx closes without answering it. */
+        SSL_set_quiet_shutdown(p->ssl, 1);
+        peer_input_ended(p);
+        if (p->tls_state == TLS_OPEN && p->fd >= 0)
+            tls_start_shutdown(p);
+    }
+}
+
+static void
+tls_write(PeerObject *p, const char *data, size_t n)
+{
+    if (p->backlog.len) {
+        if (buffer_append(&p->backlog, data, n) < 0)
+            PyErr_Clear();
+        return;
+    }
+    while (n > 0) {
+        ERR_clear_error();
+        int chunk = n > (1 << 30) ? (1 << 30) : (int)n;
+        int written = SSL_write(p->ssl, data, chunk);
+        if (written > 0) {
+            data += written;
+            n -= (size_t)written;
+            continue;
+        }
+        int error = SSL_get_error(p->ssl, written);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+            /* a renegotiation or key update wants the client's answer first */
+            if (buffer_append(&p->backlog, data, n) < 0)
+                PyErr_Clear();
+            break;
+        }
+        tls_failed_new(p, tls_failure("SSL_write()"));
+        return;
+    }
+    peer_flush(p);
+}
+
+/* Send our close_notify once everything written is sent, then wait for the client's. */
+static void
+tls_shutdown_step(PeerObject *p)
+{
+    char *scratch = p->reactor->scratch;
+    int close_notify = 0;
+    for (;;) { /* application data that still arrives is dropped */
+        ERR_clear_error();
+        p->bio_eof = p->bio_errno = 0;
+        int n = SSL_read(p->ssl, scratch, TLS_READ_SIZE);
+        if (n > 0)
+            continue;
+        int error = SSL_get_error(p->ssl, n);
+        if (error == SSL_ERROR_ZERO_RETURN)
+            close_notify = 1;
+        else if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+            if (p->bio_eof || p->bio_errno) {
+                tls_socket_ended(p);
+                return;
+            }
+            if (!(SSL_get_shutdown(p->ssl) & SSL_RECEIVED_SHUTDOWN)) {
+                tls_failed_new(p, tls_failure("SSL_read()"));
+                return;
+            }
+            ERR_clear_error();
+            close_notify = 1;
+        }
+        else if (!SSL_has_pending(p->ssl))
+            p->flags &= ~P_READABLE;
+        break;
+    }
+    if (close_notify && !(p->flags & P_EOF))
+        peer_input_ended(p);
+    if (p->fd < 0)
+        return;
+    if (p->backlog.len) {
+        tls_write_backlog(p);
+        if (p->backlog.len) {
+            peer_flush(p);
+            return;
+        }
+    }
+    ERR_clear_error();
+    int result = SSL_shutdown(p->ssl);
+    if (result == 0 && (SSL_get_shutdown(p->ssl) & SSL_RECEIVED_SHUTDOWN))
+        result = SSL_shutdown(p->ssl);
+    if (result != 1) {
+        int error = result == 0 ? SSL_ERROR_WANT_READ : SSL_get_error(p->ssl, result);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+            peer_flush(p);
+            return;
+        }
+        if (p->bio_eof || p->bio_errno) {
+            tls_socket_ended(p);
+            return;
+        }
+        tls_failed_new(p, tls_failure("SSL_shutdown()"));
+        return;
+    }
+    tls_done(p, Py_False);
+    p->flags |= P_CLOSING;
+    peer_flush(p);
+}
+
+static void
+tls_timer_fired(PeerObject *p)
+{
+    if (p->tls_state == TLS_HANDSHAKE)
+        tls_failed_new(p, exception0(PyExc_TimeoutError));
+    else if (p->tls_state == TLS_CLOSING)
+        tls_failed_new(p, exception1(PyExc_TimeoutError, "SSL shutdown timed out"));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Peer: the Python type */
+
+static PeerObject *
+peer_alloc(ReactorObject *reactor, int fd, int family)
+{
+    PeerObject *p = (PeerObject *)PeerType.tp_alloc(&PeerType, 0);
+    if (p == NULL)
+        return NULL;
+    Py_INCREF(reactor);
+    p->reactor = reactor;
+    p->fd = fd;
+    p->family = family;
+    p->flags = P_READABLE | P_WRITABLE;
+    if (family == AF_INET || family == AF_INET6)
+        p->flags |= P_TCP;
+    p->deadline.index = p->tls_timer.index = -1;
+    p->deadline.kind = TIMER_DEADLINE;
+    p->tls_timer.kind = TIMER_TLS;
+    p->deadline.owner = p->tls_timer.owner = p;
+    p->tls_state = TLS_NONE;
+    return p;
+}
+
+static int
+socket_family(int fd)
+{
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    if (getsockname(fd, (struct sockaddr *)&address, &length) < 0)
+        return -1;
+    return address.ss_family;
+}
+
+static PyObject *
+Peer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"reactor", "fd", "family", NULL};
+    ReactorObject *reactor;
+    int fd, family = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!i|i", names, &ReactorType, &reactor, &fd, &family))
+        return NULL;
+    if (reactor->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "the reactor is closed");
+        return NULL;
+    }
+    if (family < 0)
+        family = socket_family(fd);
+    PeerObject *p = peer_alloc(reactor, fd, family);
+    if (p == NULL)
+        return NULL;
+    if (reactor_register(reactor, p) < 0) {
+        p->fd = -1; /* the caller keeps its descriptor */
+        Py_DECREF(p);
+        return NULL;
+    }
+    return (PyObject *)p;
+}
+
+/* Peer.connect(reactor, family, host, port): a connection to the backend, under way. */
+static PyObject *
+Peer_connect(PyObject *cls, PyObject *args)
+{
+    ReactorObject *reactor;
+    int family, port;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "O!isi", &ReactorType, &reactor, &family, &host, &port))
+        return NULL;
+    struct sockaddr_storage address;
+    socklen_t length;
+    memset(&address, 0, sizeof address);
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&address;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+        length = sizeof *in;
+    }
+    else if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&address;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return PyErr_Format(PyExc_ValueError, "not an IPv6 address: %s", host);
+        length = sizeof *in6;
+    }
+    else if (family == AF_UNIX) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&address;
+        un->sun_family = AF_UNIX;
+        if (strlen(host) >= sizeof un->sun_path)
+            return PyErr_Format(PyExc_ValueError, "socket path too long: %s", host);
+        strcpy(un->sun_path, host);
+        length = sizeof *un;
+    }
+    else
+        return PyErr_Format(PyExc_ValueError, "unsupported address family %d", family);
+    if (reactor->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "the reactor is closed");
+        return NULL;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (family != AF_UNIX) {
+        int on = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    }
+    PeerObject *p = peer_alloc(reactor, fd, family);
+    if (p == NULL) {
+        close(fd);
+        return NULL;
+    }
+    int result;
+    do
+        result = connect(fd, (struct sockaddr *)&address, length);
+    while (result < 0 && errno == EINTR);
+    if (result < 0 && errno != EINPROGRESS) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(fd);
+        p->fd = -1;
+        Py_DECREF(p);
+        return NULL;
+    }
+    if (result < 0)
+        p->flags = (p->flags & ~P_WRITABLE) | P_CONNECTING;
+    if (reactor_register(reactor, p) < 0) {
+        close(fd);
+        p->fd = -1;
+        Py_DECREF(p);
+        return NULL;
+    }
+    return (PyObject *)p;
+}
+
+static PyObject *
+Peer_connected(PeerObject *p, PyObject *unused)
+{
+    if (p->connect_waiter != NULL && future_done(p->connect_waiter))
+        Py_CLEAR(p->connect_waiter);
+    if (p->connect_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already waiting for the connection");
+        return NULL;
+    }
+    if (p->flags & P_LOST) {
+        PyObject *e = p->error ? (Py_INCREF(p->error), p->error) : os_error(ECONNRESET);
+        if (e == NULL)
+            return NULL;
+        PyObject *f = failed_future(p->reactor, e);
+        Py_DECREF(e);
+        return f;
+    }
+    if (!(p->flags & P_CONNECTING))
+        return completed_future(p->reactor, Py_None);
+    if (p->flags & P_EXPIRED) {
+        PyObject *e = exception0(PyExc_TimeoutError);
+        if (e == NULL)
+            return NULL;
+        PyObject *f = failed_future(p->reactor, e);
+        Py_DECREF(e);
+        return f;
+    }
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL)
+        return NULL;
+    Py_INCREF(future);
+    p->connect_waiter = future;
+    return future;
+}
+
+static PyObject *
+take_in(PeerObject *p)
+{
+    PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
+    if (bytes != NULL)
+        buffer_free(&p->in);
+    return bytes;
+}
+
+static PyObject *
+Peer_read(PeerObject *p, PyObject *unused)
+{
+    if (p->read_waiter != NULL && future_done(p->read_waiter))
+        Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
+    if (p->read_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already reading");
+        return NULL;
+    }
+    if (p->in.len || (p->flags & P_EOF)) {
+        PyObject *bytes = take_in(p);
+        if (bytes == NULL)
+            return NULL;
+        PyObject *f = completed_future(p->reactor, bytes);
+        Py_DECREF(bytes);
+        return f;
+    }
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL)
+        return NULL;
+    Py_INCREF(future);
+    p->read_waiter = future;
+    peer_pull(p); /* what is in the socket already is read at once, even past the deadline */
+    if (p->read_waiter != NULL && (p->flags & P_EXPIRED)) {
+        PyObject *e = exception0(PyExc_TimeoutError);
+        if (e == NULL) {
+            Py_CLEAR(p->read_waiter);
+            Py_DECREF(future);
+            return NULL;
+        }
+        fail(&p->read_waiter, e);
+        Py_DECREF(e);
+    }
+    return future;
+}
+
+static PyObject *
+Peer_take_buffered(PeerObject *p, PyObject *unused)
+{
+    return take_in(p);
+}
+
+static PyObject *
+Peer_discard_buffered(PeerObject *p, PyObject *unused)
+{
+    buffer_free(&p->in);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_write(PeerObject *p, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_INCREF(p);
+    peer_write(p, view.buf, (size_t)view.len);
+    Py_DECREF(p);
+    PyBuffer_Release(&view);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_drain(PeerObject *p, PyObject *unused)
+{
+    if (p->flags & P_LOST) {
+        PyObject *e = exception1(PyExc_ConnectionResetError, "connection lost");
+        if (e == NULL)
+            return NULL;
+        PyObject *f = failed_future(p->reactor, e);
+        Py_DECREF(e);
+        return f;
+    }
+    if (p->out.len == 0 && p->backlog.len == 0)
+        return completed_future(p->reactor, Py_None);
+    if (p->flags & P_EXPIRED) {
+        PyObject *e = exception0(PyExc_TimeoutError);
+        if (e == NULL)
+            return NULL;
+        PyObject *f = failed_future(p->reactor, e);
+        Py_DECREF(e);
+        return f;
+    }
+    if (p->drain_waiter != NULL && future_done(p->drain_waiter))
+        Py_CLEAR(p->drain_waiter);
+    if (p->drain_waiter != NULL) {
+        Py_INCREF(p->drain_waiter);
+        return p->drain_waiter;
+    }
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL)
+        return NULL;
+    Py_INCREF(future);
+    p->drain_waiter = future;
+    return future;
+}
+
+static PyObject *
+Peer_set_deadline(PeerObject *p, PyObject *arg)
+{
+    timer_cancel(p->reactor, &p->deadline);
+    p->flags &= ~P_EXPIRED;
+    if (arg == Py_None || p->fd < 0)
+        Py_RETURN_NONE;
+    double when = PyFloat_AsDouble(arg);
+    if (when == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (timer_set(p->reactor, &p->deadline, when) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_start_tls(PeerObject *p, PyObject *args)
+{
+    unsigned long long context;
+    double timeout, shutdown_timeout;
+    if (!PyArg_ParseTuple(args, "Kdd", &context, &timeout, &shutdown_timeout))
+        return NULL;
+    if (p->tls_state != TLS_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "TLS is on already");
+        return NULL;
+    }
+    if (p->fd < 0 || (p->flags & P_LOST))
+        return completed_future(p->reactor, Py_False);
+    SSL *ssl = SSL_new((SSL_CTX *)(uintptr_t)context);
+    if (ssl == NULL) {
+        ERR_clear_error();
+        return PyErr_NoMemory();
+    }
+    BIO *bio = BIO_new(peer_bio_method);
+    if (bio == NULL) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return PyErr_NoMemory();
+    }
+    BIO_set_data(bio, p);
+    SSL_set_bio(ssl, bio, bio);
+    SSL_set_accept_state(ssl);
+    /* OpenSSL frees its record buffers while a connection is idle, as nginx asks too. */
+    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_read_ahead(ssl, 1);
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    p->ssl = ssl;
+    p->tls_state = TLS_HANDSHAKE;
+    p->shutdown_timeout = shutdown_timeout;
+    Py_INCREF(future);
+    p->handshake_waiter = future;
+    timer_set(p->reactor, &p->tls_timer, monotonic_now() + timeout);
+    Py_INCREF(p);
+    tls_handshake_step(p);
+    Py_DECREF(p);
+    return future;
+}
+
+static PyObject *
+Peer_close(PeerObject *p, PyObject *unused)
+{
+    timer_cancel(p->reactor, &p->deadline);
+    if (p->fd < 0 || (p->flags & P_CLOSING))
+        Py_RETURN_NONE;
+    Py_INCREF(p);
+    switch (p->tls_state) {
+    case TLS_NONE:
+    case TLS_CLOSED:
+        p->flags |= P_CLOSING;
+        peer_flush(p);
+        break;
+    case TLS_OPEN:
+        tls_start_shutdown(p);
+        break;
+    case TLS_HANDSHAKE:
+        tls_done(p, Py_False);
+        peer_do_close(p);
+        break;
+    }
+    Py_DECREF(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_abort(PeerObject *p, PyObject *unused)
+{
+    Py_INCREF(p);
+    timer_cancel(p->reactor, &p->deadline);
+    if (p->tls_state != TLS_NONE && p->tls_state != TLS_CLOSED)
+        tls_done(p, Py_False);
+    peer_do_close(p);
+    Py_DECREF(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_quiet_shutdown(PeerObject *p, PyObject *unused)
+{
+    if (p->ssl != NULL)
+        SSL_set_quiet_shutdown(p->ssl, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_getsockname(PeerObject *p, PyObject *unused)
+{
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    if (p->fd < 0) {
+        errno = EBADF;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (getsockname(p->fd, (struct sockaddr *)&address, &length) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    char text[INET6_ADDRSTRLEN];
+    if (address.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&address;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+        return Py_BuildValue("(si)", text, ntohs(in->sin_port));
+    }
+    if (address.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&address;
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+        return Py_BuildValue("(siII)", text, ntohs(in6->sin6_port), ntohl(in6->sin6_flowinfo),
+                             in6->sin6_scope_id);
+    }
+    if (address.ss_family == AF_UNIX) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&address;
+        Py_ssize_t size = (Py_ssize_t)length - (Py_ssize_t)offsetof(struct sockaddr_un, sun_path);
+        if (size <= 0)
+            return PyUnicode_FromString("");
+        if (un->sun_path[0] == 0)
+            return PyBytes_FromStringAndSize(un->sun_path, size);
+        return PyUnicode_DecodeFSDefault(un->sun_path);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_fileno(PeerObject *p, PyObject *unused)
+{
+    return PyLong_FromLong(p->fd);
+}
+
+static PyObject *
+Peer_get_at_eof(PeerObject *p, void *closure)
+{
+    return PyBool_FromLong((p->flags & P_EOF) && p->in.len == 0);
+}
+
+static PyObject *
+Peer_get_input_ended(PeerObject *p, void *closure)
+{
+    return PyBool_FromLong(p->flags & P_EOF);
+}
+
+static PyObject *
+Peer_get_is_closed(PeerObject *p, void *closure)
+{
+    return PyBool_FromLong(p->flags & P_LOST);
+}
+
+static PyObject *
+Peer_get_receive_error(PeerObject *p, void *closure)
+{
+    if (p->error != NULL && PyObject_IsInstance(p->error, PyExc_OSError) == 1) {
+        Py_INCREF(p->error);
+        return p->error;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Peer_get_write_buffer_size(PeerObject *p, void *closure)
+{
+    return PyLong_FromSize_t(p->out.len + p->backlog.len);
+}
+
+static PyObject *
+Peer_get_ssl(PeerObject *p, void *closure)
+{
+    return PyLong_FromVoidPtr(p->ssl);
+}
+
+static PyObject *
+Peer_get_tls_open(PeerObject *p, void *closure)
+{
+    return PyBool_FromLong(p->tls_state == TLS_OPEN);
+}
+
+static int
+Peer_traverse(PeerObject *p, visitproc visit, void *arg)
+{
+    Py_VISIT(p->reactor);
+    Py_VISIT(p->read_waiter);
+    Py_VISIT(p->drain_waiter);
+    Py_VISIT(p->connect_waiter);
+    Py_VISIT(p->handshake_waiter);
+    Py_VISIT(p->error);
+    return 0;
+}
+
+static int
+Peer_clear(PeerObject *p)
+{
+    Py_CLEAR(p->read_waiter);
+    Py_CLEAR(p->drain_waiter);
+    Py_CLEAR(p->connect_waiter);
+    Py_CLEAR(p->handshake_waiter);
+    Py_CLEAR(p->error);
+    return 0;
+}
+
+static void
+Peer_dealloc(PeerObject *p)
+{
+    PyObject_GC_UnTrack(p);
+    if (p->fd >= 0)
+        close(p->fd);
+    if (p->reactor != NULL) {
+        timer_cancel(p->reactor, &p->deadline);
+        timer_cancel(p->reactor, &p->tls_timer);
+    }
+    if (p->ssl != NULL) {
+        BIO *bio = SSL_get_rbio(p->ssl);
+        if (bio)
+            BIO_set_data(bio, NULL);
+        /* Marked as shut down however the connection ended, as nginx's ngx_ssl_shutdown does, so that
+         * its session stays resumable (OpenSSL drops sessions of SSLs freed without a shutdown). */
+        if (!SSL_in_init(p->ssl))
+            SSL_set_shutdown(p->ssl, SSL_get_shutdown(p->ssl) | SSL_SENT_SHUTDOWN);
+        SSL_free(p->ssl);
+        ERR_clear_error();
+    }
+    buffer_free(&p->in);
+    buffer_free(&p->out);
+    buffer_free(&p->backlog);
+    Peer_clear(p);
+    Py_CLEAR(p->reactor);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyMethodDef Peer_methods[] = {
+    {"connect", (PyCFunction)Peer_connect, METH_VARARGS | METH_CLASS,
+     "connect(reactor, family, host, port): a connection under way; await connected()."},
+    {"connected", (PyCFunction)Peer_connected, METH_NOARGS,
+     "A future: None once connected; OSError if the connect failed, TimeoutError past the deadline."},
+    {"read", (PyCFunction)Peer_read, METH_NOARGS,
+     "A future: every byte received so far (at least one); b'' once the peer has closed; TimeoutError "
+     "past the deadline."},
+    {"take_buffered", (PyCFunction)Peer_take_buffered, METH_NOARGS, "The bytes received and not read yet."},
+    {"discard_buffered", (PyCFunction)Peer_discard_buffered, METH_NOARGS,
+     "Forget unread bytes (after STARTTLS: plaintext sent behind the command is never executed)."},
+    {"write", (PyCFunction)Peer_write, METH_O, "Send bytes (over TLS once it is on)."},
+    {"drain", (PyCFunction)Peer_drain, METH_NOARGS,
+     "A future: None once everything written is sent; ConnectionResetError if the peer is gone, "
+     "TimeoutError past the deadline."},
+    {"set_deadline", (PyCFunction)Peer_set_deadline, METH_O,
+     "From this time on (the event loop's clock), waits raise TimeoutError; None: no deadline."},
+    {"start_tls", (PyCFunction)Peer_start_tls, METH_VARARGS,
+     "start_tls(ssl_ctx_address, timeout, shutdown_timeout): be the server end of TLS; a future: True "
+     "once the handshake is done, False when the connection closed meanwhile; raises the failure."},
+    {"close", (PyCFunction)Peer_close, METH_NOARGS,
+     "Close after the pending output is sent (over TLS: with close_notify, waiting shutdown_timeout for "
+     "the client's)."},
+    {"abort", (PyCFunction)Peer_abort, METH_NOARGS, "Close now, dropping pending output."},
+    {"quiet_shutdown", (PyCFunction)Peer_quiet_shutdown, METH_NOARGS,
+     "Let the coming TLS shutdown send no close_notify."},
+    {"getsockname", (PyCFunction)Peer_getsockname, METH_NOARGS, "Our end's address, as socket.getsockname()."},
+    {"fileno", (PyCFunction)Peer_fileno, METH_NOARGS, "The socket's descriptor (-1 once closed)."},
+    {NULL}};
+
+static PyGetSetDef Peer_getset[] = {
+    {"at_eof", (getter)Peer_get_at_eof, NULL, "The peer sends no more and every byte was read.", NULL},
+    {"input_ended", (getter)Peer_get_input_ended, NULL, "The peer sends no more (EOF, close_notify).", NULL},
+    {"is_closed", (getter)Peer_get_is_closed, NULL, "The connection is gone.", NULL},
+    {"receive_error", (getter)Peer_get_receive_error, NULL,
+     "Why the connection was lost, when it was an error (a reset, a TLS failure) rather than a close.", NULL},
+    {"write_buffer_size", (getter)Peer_get_write_buffer_size, NULL, "Bytes written and not sent yet.", NULL},
+    {"ssl", (getter)Peer_get_ssl, NULL, "The address of the connection's SSL once start_tls was called, else 0.",
+     NULL},
+    {"tls_open", (getter)Peer_get_tls_open, NULL, "The handshake is done and TLS not closing.", NULL},
+    {NULL}};
+
+static PyTypeObject PeerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mailgate._io.Peer",
+    .tp_basicsize = sizeof(PeerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Peer(reactor, fd): one connection of a session, taking the connected socket's descriptor.",
+    .tp_new = Peer_new,
+    .tp_dealloc = (destructor)Peer_dealloc,
+    .tp_traverse = (traverseproc)Peer_traverse,
+    .tp_clear = (inquiry)Peer_clear,
+    .tp_methods = Peer_methods,
+    .tp_getset = Peer_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Relay */
+
+static void
+relay_arm(RelayObject *r)
+{
+    double quiet = r->timeout;
+    if (r->backend_owed_eof && HALF_CLOSE_QUIET < quiet)
+        quiet = HALF_CLOSE_QUIET;
+    timer_set(r->client->reactor, &r->timer, r->last_activity + quiet);
+}
+
+static void
+relay_finish(RelayObject *r, const char *reason)
+{
+    if (r->finished)
+        return;
+    r->finished = 1;
+    Py_INCREF(r);
+    timer_cancel(r->client->reactor, &r->timer);
+    r->client->relay = NULL;
+    r->backend->relay = NULL;
+    /* Closing flushes what is queued, so bytes already relayed still reach their destination. */
+    PyObject *result = Py_BuildValue("(sLLO)", reason, r->client_to_backend, r->backend_to_client,
+                                     r->client->error != NULL && PyObject_IsInstance(r->client->error,
+                                                                                     PyExc_OSError) == 1
+                                         ? r->client->error
+                                         : Py_None);
+    Py_XDECREF(Peer_close(r->backend, NULL));
+    Py_XDECREF(Peer_close(r->client, NULL));
+    if (result != NULL)
+        resolve(&r->done, result);
+    else
+        PyErr_WriteUnraisable((PyObject *)r);
+    Py_XDECREF(result);
+    Py_DECREF(r);
+}
+
+static void
+relay_forward(RelayObject *r, PeerObject *source, const char *data, size_t n)
+{
+    PeerObject *target = source == r->client ? r->backend : r->client;
+    if (target->flags & P_LOST)
+        return;
+    peer_write(target, data, n);
+    if (source == r->client)
+        r->client_to_backend += (long long)n;
+    else
+        r->backend_to_client += (long long)n;
+    r->last_activity = monotonic_now();
+}
+
+static void
+relay_end_of_input(RelayObject *r, PeerObject *p)
+{
+    if (r->finished)
+        return;
+    if (p == r->backend) {
+        relay_finish(r, "backend closed");
+        return;
+    }
+    PeerObject *backend = r->backend;
+    if (backend->fd >= 0 && !(backend->flags & (P_LOST | P_CLOSING)) && backend->tls_state == TLS_NONE) {
+        r->backend_owed_eof = 1;
+        relay_arm(r);
+    }
+    else
+        relay_finish(r, "client closed");
+}
+
+static void
+relay_lost(RelayObject *r, PeerObject *p)
+{
+    if (!r->finished)
+        relay_finish(r, p == r->client ? "client closed" : "backend closed");
+}
+
+/* `target` took its output down to the low mark: read its source again. */
+static void
+relay_resume_towards(RelayObject *r, PeerObject *target)
+{
+    if (r->finished || !r->running)
+        return;
+    PeerObject *source = target == r->client ? r->backend : r->client;
+    if (source->fd >= 0 && peer_wants_input(source) &&
+        ((source->flags & P_READABLE) || (source->ssl != NULL && SSL_has_pending(source->ssl))))
+        peer_pull(source);
+}
+
+static void
+relay_timer_fired(RelayObject *r)
+{
+    if (r->finished)
+        return;
+    double now = monotonic_now();
+    if (now >= r->last_activity + r->timeout) {
+        if (r->quiet_on_timeout && r->client->ssl != NULL)
+            SSL_set_quiet_shutdown(r->client->ssl, 1); /* nginx closes a client that timed out quietly */
+        relay_finish(r, "timed out");
+        return;
+    }
+    if (r->backend_owed_eof && now >= r->last_activity + HALF_CLOSE_QUIET) {
+        r->backend_owed_eof = 0;
+        PeerObject *backend = r->backend;
+        if (backend->fd >= 0 && !(backend->flags & (P_LOST | P_CLOSING))) {
+            backend->flags |= P_SHUT_WR; /* sent after the bytes still queued */
+            peer_flush(backend);
+        }
+    }
+    if (!r->finished)
+        relay_arm(r);
+}
+
+static PyObject *
+Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"client", "backend", "timeout", "quiet_on_timeout", NULL};
+    PeerObject *client, *backend;
+    double timeout;
+    int quiet = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!d|p", names, &PeerType, &client, &PeerType, &backend,
+                                     &timeout, &quiet))
+        return NULL;
+    RelayObject *r = (RelayObject *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    Py_INCREF(client);
+    Py_INCREF(backend);
+    r->client = client;
+    r->backend = backend;
+    r->timeout = timeout;
+    r->quiet_on_timeout = quiet;
+    r->timer.index = -1;
+    r->timer.kind = TIMER_RELAY;
+    r->timer.owner = r;
+    return (PyObject *)r;
+}
+
+static PyObject *
+Relay_run(RelayObject *r, PyObject *args)
+{
+    Py_buffer to_client, to_backend;
+    if (r->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the relay runs already");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*", &to_client, &to_backend))
+        return NULL;
+    PeerObject *client = r->client, *backend = r->backend;
+    PyObject *future = new_future(client->reactor);
+    if (future == NULL) {
+        PyBuffer_Release(&to_client);
+        PyBuffer_Release(&to_backend);
+        return NULL;
+    }
+    Py_INCREF(future);
+    r->done = future;
+    r->running = 1;
+    Py_INCREF(r);
+    r->last_activity = monotonic_now();
+    /* What each side is owed goes first: the backend's bytes after its login reply, the client's bytes
+     * pipelined behind its login, then what the peers had buffered. */
+    PyObject *backend_early = take_in(backend), *client_early = take_in(client);
+    client->relay = backend->relay = r;
+    if (to_client.len)
+        relay_forward(r, backend, to_client.buf, (size_t)to_client.len);
+    if (backend_early != NULL && PyBytes_GET_SIZE(backend_early))
+        relay_forward(r, backend, PyBytes_AS_STRING(backend_early), (size_t)PyBytes_GET_SIZE(backend_early));
+    if (to_backend.len)
+        relay_forward(r, client, to_backend.buf, (size_t)to_backend.len);
+    if (client_early != NULL && PyBytes_GET_SIZE(client_early))
+        relay_forward(r, client, PyBytes_AS_STRING(client_early), (size_t)PyBytes_GET_SIZE(client_early));
+    Py_XDECREF(backend_early);
+    Py_XDECREF(client_early);
+    PyBuffer_Release(&to_client);
+    PyBuffer_Release(&to_backend);
+    PyErr_Clear();
+    PeerObject *peers[2] = {client, backend};
+    for (int i = 0; i < 2 && !r->finished; i++) {
+        if (peers[i]->flags & P_LOST)
+            relay_lost(r, peers[i]);
+        else if (peers[i]->flags & P_EOF)
+            relay_end_of_input(r, peers[i]);
+    }
+    if (!r->finished) {
+        relay_arm(r);
+        peer_pull(client);
+        if (!r->finished)
+            peer_pull(backend);
+    }
+    Py_DECREF(r);
+    return future;
+}
+
+static PyObject *
+Relay_stop(RelayObject *r, PyObject *arg)
+{
+    const char *reason = PyUnicode_AsUTF8(arg);
+    if (reason == NULL)
+        return NULL;
+    if (r->running)
+        relay_finish(r, reason);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Relay_get_client_to_backend(RelayObject *r, void *closure)
+{
+    return PyLong_FromLongLong(r->client_to_backend);
+}
+
+static PyObject *
+Relay_get_backend_to_client(RelayObject *r, void *closure)
+{
+    return PyLong_FromLongLong(r->backend_to_client);
+}
+
+static int
+Relay_traverse(RelayObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->client);
+    Py_VISIT(r->backend);
+    Py_VISIT(r->done);
+    return 0;
+}
+
+static int
+Relay_clear(RelayObject *r)
+{
+    Py_CLEAR(r->done);
+    return 0;
+}
+
+static void
+Relay_dealloc(RelayObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    if (r->client != NULL) {
+        timer_cancel(r->client->reactor, &r->timer);
+        if (r->client->relay == r)
+            r->client->relay = NULL;
+    }
+    if (r->backend != NULL && r->backend->relay == r)
+        r->backend->relay = NULL;
+    Py_CLEAR(r->done);
+    Py_CLEAR(r->client);
+    Py_CLEAR(r->backend);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef Relay_methods[] = {
+    {"run", (PyCFunction)Relay_run, METH_VARARGS,
+     "run(to_client, to_backend): start relaying, first writing the bytes each side is owed; a future: "
+     "(reason, client_to_backend, backend_to_client, client_error) once it ends."},
+    {"stop", (PyCFunction)Relay_stop, METH_O, "End the relay from outside, for `reason`: both sides are closed."},
+    {NULL}};
+
+static PyGetSetDef Relay_getset[] = {
+    {"client_to_backend", (getter)Relay_get_client_to_backend, NULL, "Bytes relayed so far.", NULL},
+    {"backend_to_client", (getter)Relay_get_backend_to_client, NULL, "Bytes relayed so far.", NULL},
+    {NULL}};
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mailgate._io.Relay",
+    .tp_basicsize = sizeof(RelayObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Relay(client, backend, timeout, quiet_on_timeout=False): the byte relay of a session.",
+    .tp_new = Relay_new,
+    .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_traverse = (traverseproc)Relay_traverse,
+    .tp_clear = (inquiry)Relay_clear,
+    .tp_methods = Relay_methods,
+    .tp_getset = Relay_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The module */
+
+static PyObject *
+set_tls_failure_factory(PyObject *module, PyObject *factory)
+{
+    Py_INCREF(factory);
+    Py_XSETREF(tls_failure_factory, factory);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+openssl_version_number(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(OpenSSL_version_num());
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_tls_failure_factory", set_tls_failure_factory, METH_O,
+     "The callable that turns a failed SSL call and OpenSSL's queued errors [(code, text)] into the "
+     "exception its waiter gets: factory(call, errors)."},
+    {"openssl_version_number", openssl_version_number, METH_NOARGS,
+     "OpenSSL_version_num() of the libcrypto this module runs with."},
+    {NULL}};
+
+static struct PyModuleDef module_definition = {
+    PyModuleDef_HEAD_INIT, "mailgate._io", "The connections of a session and the relay between them, in C.",
+    -1, module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__io(void)
+{
+    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&PeerType) < 0 || PyType_Ready(&RelayType) < 0)
+        return NULL;
+    str_set_result = PyUnicode_InternFromString("set_result");
+    str_set_exception = PyUnicode_InternFromString("set_exception");
+    str_done = PyUnicode_InternFromString("done");
+    str_cancelled = PyUnicode_InternFromString("cancelled");
+    if (!str_set_result || !str_set_exception || !str_done || !str_cancelled)
+        return NULL;
+    peer_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailgate peer");
+    if (peer_bio_method == NULL || !BIO_meth_set_read(peer_bio_method, peer_bio_read) ||
+        !BIO_meth_set_write(peer_bio_method, peer_bio_write) ||
+        !BIO_meth_set_ctrl(peer_bio_method, peer_bio_ctrl) ||
+        !BIO_meth_set_create(peer_bio_method, peer_bio_create) ||
+        !BIO_meth_set_destroy(peer_bio_method, peer_bio_destroy)) {
+        PyErr_SetString(PyExc_ImportError, "mailgate._io: cannot make its BIO method");
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&ReactorType);
+    Py_INCREF(&PeerType);
+    Py_INCREF(&RelayType);
+    if (PyModule_AddObject(module, "Reactor", (PyObject *)&ReactorType) < 0 ||
+        PyModule_AddObject(module, "Peer", (PyObject *)&PeerType) < 0 ||
+        PyModule_AddObject(module, "Relay", (PyObject *)&RelayType) < 0 ||
+        PyModule_AddObject(module, "HALF_CLOSE_QUIET", PyFloat_FromDouble(HALF_CLOSE_QUIET)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

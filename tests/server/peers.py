@@ -1,0 +1,46 @@
+"""Test helpers: Peers on loopback, accepted and connected the way sessions make them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from mailgate.proxy.relay import Peer, reactor_of
+
+PeerHandler = Callable[[Peer], Coroutine[Any, Any, None]]
+
+
+class PeerServer:
+    """Accepts on 127.0.0.1 and hands each connection, as a Peer, to `handler` in a task of its own."""
+
+    def __init__(self, handler: PeerHandler) -> None:
+        self.handler = handler
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port = int(self.listener.getsockname()[1])
+        self.tasks: list[asyncio.Task[None]] = []
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(self.listener)
+            self.tasks.append(loop.create_task(self.handler(Peer(reactor_of(loop), sock.detach()))))
+
+    def close(self) -> None:
+        self._accepting.cancel()
+        self.listener.close()
+
+
+async def connect_peer(port: int) -> Peer:
+    """A Peer connected to 127.0.0.1:`port`, as a session connects to its backend."""
+    peer = Peer.connect(reactor_of(asyncio.get_running_loop()), socket.AF_INET, "127.0.0.1", port)
+    await peer.connected()
+    return peer
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
