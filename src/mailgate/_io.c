@@ -26,7 +26,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/bio.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdint.h>
 #include <string.h>
@@ -2263,6 +2266,238 @@ static PyTypeObject RelayType = {
 };
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* The callbacks OpenSSL makes in every handshake, in C: session ticket keys, ALPN, and the new-session
+ * callback's early return. Each context's state hangs off its SSL_CTX; what needs Python (a ticket-key
+ * rotation in the shared zone, storing a TLS 1.2 session) calls back into it, with the GIL already held. */
+
+#define MAX_TICKET_KEYS 16
+
+typedef struct {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+    int aes_length, hmac_length;
+    long expire;
+} TicketKey;
+
+typedef struct {
+    unsigned char alpn[64];
+    int alpn_length;
+    PyObject *ticket_keys; /* () -> ([(name, aes_key, hmac_key, expire)], valid_until) or NULL */
+    double keys_valid_until;
+    int key_count;
+    TicketKey keys[MAX_TICKET_KEYS];
+    PyObject *new_session; /* (ssl_address, session_address) -> None, or NULL */
+} ContextState;
+
+static int context_state_index = -1;
+
+static void
+context_state_free(void *parent, void *pointer, CRYPTO_EX_DATA *data, int index, long argl, void *argp)
+{
+    ContextState *state = pointer;
+    if (state == NULL)
+        return;
+    Py_XDECREF(state->ticket_keys);
+    Py_XDECREF(state->new_session);
+    OPENSSL_cleanse(state->keys, sizeof state->keys);
+    PyMem_RawFree(state);
+}
+
+static int
+copy_key_part(PyObject *value, unsigned char *out, int *length, int limit)
+{
+    char *bytes;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(value, &bytes, &size) < 0)
+        return -1;
+    if (size > limit || (length == NULL && size != limit)) {
+        PyErr_SetString(PyExc_ValueError, "a ticket key part has the wrong size");
+        return -1;
+    }
+    memcpy(out, bytes, (size_t)size);
+    if (length != NULL)
+        *length = (int)size;
+    return 0;
+}
+
+/* Ask Python for the keys when the ones held may be stale (a rotation in the shared zone is due). */
+static int
+refresh_ticket_keys(ContextState *state)
+{
+    if (state->key_count > 0 && monotonic_now() < state->keys_valid_until)
+        return 0;
+    PyObject *answer = PyObject_CallNoArgs(state->ticket_keys);
+    if (answer == NULL)
+        return -1;
+    PyObject *keys;
+    double valid_for;
+    if (!PyArg_ParseTuple(answer, "Od", &keys, &valid_for) || !PyList_Check(keys)) {
+        Py_DECREF(answer);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "ticket keys: ([(name, aes, hmac, expire)], seconds)");
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    if (count < 1 || count > MAX_TICKET_KEYS) {
+        Py_DECREF(answer);
+        PyErr_SetString(PyExc_ValueError, "ticket keys: 1 to 16 keys");
+        return -1;
+    }
+    TicketKey fresh[MAX_TICKET_KEYS];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name, *aes, *hmac;
+        long expire;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(keys, i), "SSSl", &name, &aes, &hmac, &expire) ||
+            copy_key_part(name, fresh[i].name, NULL, 16) < 0 ||
+            copy_key_part(aes, fresh[i].aes, &fresh[i].aes_length, 32) < 0 ||
+            copy_key_part(hmac, fresh[i].hmac, &fresh[i].hmac_length, 32) < 0) {
+            OPENSSL_cleanse(fresh, sizeof fresh);
+            Py_DECREF(answer);
+            return -1;
+        }
+        fresh[i].expire = expire;
+    }
+    memcpy(state->keys, fresh, sizeof fresh);
+    OPENSSL_cleanse(fresh, sizeof fresh);
+    state->key_count = (int)count;
+    state->keys_valid_until = monotonic_now() + valid_for;
+    Py_DECREF(answer);
+    return 0;
+}
+
+static int
+set_ticket_mac(EVP_MAC_CTX *mac, TicketKey *key)
+{
+    OSSL_PARAM parameters[3];
+    parameters[0] = OSSL_PARAM_construct_octet_string("key", key->hmac, (size_t)key->hmac_length);
+    parameters[1] = OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0);
+    parameters[2] = OSSL_PARAM_construct_end();
+    return EVP_MAC_CTX_set_params(mac, parameters);
+}
+
+static int
+ticket_key_callback(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac,
+                    int encrypt)
+{
+    ContextState *state = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), context_state_index);
+    if (state == NULL || state->ticket_keys == NULL)
+        return -1;
+    if (refresh_ticket_keys(state) < 0) {
+        PyErr_WriteUnraisable(state->ticket_keys);
+        return -1;
+    }
+    if (encrypt == 1) {
+        TicketKey *key = &state->keys[0];
+        const EVP_CIPHER *kind = key->aes_length == 16 ? EVP_aes_128_cbc() : EVP_aes_256_cbc();
+        if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(kind)) != 1 ||
+            EVP_EncryptInit_ex(cipher, kind, NULL, key->aes, iv) != 1 || set_ticket_mac(mac, key) != 1)
+            return -1;
+        memcpy(name, key->name, 16);
+        return 1;
+    }
+    for (int i = 0; i < state->key_count; i++) {
+        TicketKey *key = &state->keys[i];
+        if (memcmp(name, key->name, 16) != 0)
+            continue;
+        const EVP_CIPHER *kind = key->aes_length == 16 ? EVP_aes_128_cbc() : EVP_aes_256_cbc();
+        if (set_ticket_mac(mac, key) != 1 || EVP_DecryptInit_ex(cipher, kind, NULL, key->aes, iv) != 1)
+            return -1;
+        if (SSL_version(ssl) == TLS1_3_VERSION)
+            return 2;
+        return i != 0 && key->expire ? 2 : 1; /* 2: renew the ticket with the current key */
+    }
+    return 0; /* unknown key: a full handshake, and a fresh ticket */
+}
+
+static int
+alpn_select_callback(SSL *ssl, const unsigned char **out, unsigned char *out_length, const unsigned char *offered,
+                     unsigned int offered_length, void *arg)
+{
+    ContextState *state = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), context_state_index);
+    if (state == NULL || offered == NULL)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    unsigned int position = 0;
+    while (position < offered_length) {
+        unsigned int length = offered[position];
+        if (position + 1 + length > offered_length)
+            break;
+        if ((int)length == state->alpn_length && memcmp(offered + position + 1, state->alpn, length) == 0) {
+            *out = state->alpn;
+            *out_length = (unsigned char)length;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        position += 1 + length;
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL; /* nginx's mail module refuses a client that wants another protocol */
+}
+
+static int
+new_session_callback(SSL *ssl, SSL_SESSION *session)
+{
+    ContextState *state = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), context_state_index);
+    if (state == NULL || state->new_session == NULL)
+        return 0;
+    /* OpenSSL reports TLS 1.3 sessions even when a ticket carries them; nginx does not store those. */
+    if (SSL_version(ssl) == TLS1_3_VERSION && !(SSL_get_options(ssl) & SSL_OP_NO_TICKET))
+        return 0;
+    PyObject *result = PyObject_CallFunction(state->new_session, "KK", (unsigned long long)(uintptr_t)ssl,
+                                             (unsigned long long)(uintptr_t)session);
+    if (result == NULL)
+        PyErr_WriteUnraisable(state->new_session);
+    Py_XDECREF(result);
+    return 0; /* OpenSSL keeps its own reference */
+}
+
+static PyObject *
+install_context_callbacks(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"ssl_ctx", "alpn", "ticket_keys", "new_session", NULL};
+    unsigned long long address;
+    Py_buffer alpn;
+    PyObject *ticket_keys = Py_None, *new_session = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Ky*|OO", names, &address, &alpn, &ticket_keys, &new_session))
+        return NULL;
+    SSL_CTX *ctx = (SSL_CTX *)(uintptr_t)address;
+    if (alpn.len < 1 || alpn.len > 63) {
+        PyBuffer_Release(&alpn);
+        return PyErr_Format(PyExc_ValueError, "an ALPN protocol name is 1 to 63 bytes");
+    }
+    ContextState *state = SSL_CTX_get_ex_data(ctx, context_state_index);
+    if (state == NULL) {
+        state = PyMem_RawCalloc(1, sizeof *state);
+        if (state == NULL) {
+            PyBuffer_Release(&alpn);
+            return PyErr_NoMemory();
+        }
+        if (!SSL_CTX_set_ex_data(ctx, context_state_index, state)) {
+            PyMem_RawFree(state);
+            PyBuffer_Release(&alpn);
+            ERR_clear_error();
+            return PyErr_NoMemory();
+        }
+    }
+    memcpy(state->alpn, alpn.buf, (size_t)alpn.len);
+    state->alpn_length = (int)alpn.len;
+    PyBuffer_Release(&alpn);
+    Py_CLEAR(state->ticket_keys);
+    Py_CLEAR(state->new_session);
+    state->key_count = 0;
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select_callback, NULL);
+    if (ticket_keys != Py_None) {
+        Py_INCREF(ticket_keys);
+        state->ticket_keys = ticket_keys;
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_callback);
+    }
+    if (new_session != Py_None) {
+        Py_INCREF(new_session);
+        state->new_session = new_session;
+        SSL_CTX_sess_set_new_cb(ctx, new_session_callback);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* The module */
 
 static PyObject *
@@ -2280,6 +2515,11 @@ openssl_version_number(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"install_context_callbacks", (PyCFunction)(void (*)(void))install_context_callbacks,
+     METH_VARARGS | METH_KEYWORDS,
+     "install_context_callbacks(ssl_ctx, alpn, ticket_keys=None, new_session=None): the handshake "
+     "callbacks of a server's SSL_CTX. ticket_keys() -> ([(name, aes_key, hmac_key, expire)], seconds the "
+     "keys hold for); new_session(ssl, session) stores a session that is not a TLS 1.3 ticket's."},
     {"set_tls_failure_factory", set_tls_failure_factory, METH_O,
      "The callable that turns a failed SSL call and OpenSSL's queued errors [(code, text)] into the "
      "exception its waiter gets: factory(call, errors)."},
@@ -2303,6 +2543,11 @@ PyInit__io(void)
     str_cancelled = PyUnicode_InternFromString("cancelled");
     if (!str_set_result || !str_set_exception || !str_done || !str_cancelled)
         return NULL;
+    context_state_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, context_state_free);
+    if (context_state_index < 0) {
+        PyErr_SetString(PyExc_ImportError, "mailgate._io: no SSL_CTX ex_data index");
+        return NULL;
+    }
     peer_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailgate peer");
     if (peer_bio_method == NULL || !BIO_meth_set_read(peer_bio_method, peer_bio_read) ||
         !BIO_meth_set_write(peer_bio_method, peer_bio_write) ||

@@ -59,3 +59,9 @@ class Relay:
 
 def set_tls_failure_factory(factory: Callable[[str, list[tuple[int, str]]], BaseException]) -> None: ...
 def openssl_version_number() -> int: ...
+def install_context_callbacks(
+    ssl_ctx: int,
+    alpn: bytes,
+    ticket_keys: Callable[[], tuple[list[tuple[bytes, bytes, bytes, int]], float]] | None = ...,
+    new_session: Callable[[int, int], None] | None = ...,
+) -> None: ...

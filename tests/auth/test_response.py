@@ -331,3 +331,51 @@ def test_fuzzed_replies_never_raise_and_always_end_in_a_decision(
         result = reader.feed(chunk)
         assert isinstance(result, (NeedMore, Backend, Reject, Retry, InternalError))
     assert isinstance(reader.feed_eof(), (Backend, Reject, Retry, InternalError))
+
+
+_HEADER_BYTES = st.sampled_from(
+    [b"A", b"u", b"7", b"-", b":", b" ", b"\t", b"\r", b"\n", b"\r\n", b"x", b"\xff", b"Auth-Port: 1\r\n"]
+)
+
+
+@given(st.lists(_HEADER_BYTES, max_size=60).map(b"".join))
+def test_plain_header_blocks_read_by_expressions_give_the_state_machines_fields(block: bytes) -> None:
+    from mailgate.auth import response
+
+    try:
+        slow: object = response._header_fields_by_state(block, 0)
+    except response._MalformedError:
+        slow = "malformed"
+    try:
+        fast: object = response._header_fields(block, 0)
+    except response._MalformedError:
+        fast = "malformed"
+    assert fast == slow
+
+
+@given(st.lists(st.sampled_from([b"1", b"0", b"25", b"255", b"256", b"", b".", b"x", b"007"]), max_size=9))
+def test_backend_ipv4_addresses_read_the_same_with_or_without_the_octet_loop(parts: list[bytes]) -> None:
+    from mailgate.auth import response
+
+    text = b"".join(parts)
+    assert response._inet_addr(text) == _inet_addr_by_loop(text)
+
+
+def _inet_addr_by_loop(text: bytes) -> str | None:
+    """nginx's ngx_inet_addr, written out as the reference."""
+    value = octet = dots = 0
+    for byte in text:
+        if 0x30 <= byte <= 0x39:
+            octet = octet * 10 + byte - 0x30
+            if octet > 255:
+                return None
+        elif byte == 0x2E:
+            value, octet, dots = (value << 8) + octet, 0, dots + 1
+        else:
+            return None
+    if dots != 3:
+        return None
+    value = (value << 8) + octet
+    if value == 0xFFFFFFFF:
+        return None
+    return ".".join(str(value >> shift & 0xFF) for shift in (24, 16, 8, 0))

@@ -20,6 +20,7 @@ loops forever).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
@@ -30,6 +31,11 @@ RESPONSE_HEADER_LIMIT = 1024  # nginx reads the reply into one buffer of this si
 DEFAULT_SMTP_ERROR_CODE = b"535 5.7.0"
 _MAX_ATOI = 2**63 - 1  # NGX_MAX_INT_T_VALUE on 64-bit builds
 
+_STATUS_LINE = re.compile(rb"[^\r\n]*")
+# A complete header block of `Name: value` lines, and one such line (the value without surrounding spaces).
+_PLAIN_HEADER_BLOCK = re.compile(rb"(?:[A-Za-z0-9][A-Za-z0-9-]*:[^\r\n]*\r\n)*\r\n")
+_PLAIN_HEADER_FIELD = re.compile(rb"([A-Za-z0-9][A-Za-z0-9-]*):[ ]*([^\r\n]*?)[ ]*\r\n")
+_PLAIN_IPV4 = re.compile(rb"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
 _CR = 0x0D
 _LF = 0x0A
 _SPACE = 0x20
@@ -173,19 +179,16 @@ def _skip_status_line(data: bytes) -> int | None:
         return None
     if not data.startswith(b"HTTP/"):
         return 0
-    index = 5
-    while index < len(data):
-        byte = data[index]
-        if byte == _LF:
-            return index + 1
-        if byte == _CR:
-            if index + 1 == len(data):
-                return None
-            if data[index + 1] != _LF:
-                raise _MalformedError("sent invalid response")
-            return index + 2
-        index += 1
-    return None
+    index = _STATUS_LINE.match(data).end()  # type: ignore[union-attr]  # it always matches after HTTP/
+    if index == len(data):
+        return None
+    if data[index] == _LF:
+        return index + 1
+    if index + 1 == len(data):  # a CR, the last byte so far
+        return None
+    if data[index + 1] != _LF:
+        raise _MalformedError("sent invalid response")
+    return index + 2
 
 
 def _is_alnum(byte: int) -> bool:
@@ -193,7 +196,18 @@ def _is_alnum(byte: int) -> bool:
 
 
 def _header_fields(data: bytes, position: int) -> list[tuple[bytes, bytes]] | None:
-    """The (lowercased name, value) pairs up to the empty line, by nginx's header state machine."""
+    """The (lowercased name, value) pairs up to the empty line, as nginx's header state machine reads them.
+
+    A complete block of plain `Name: value` lines (what auth servers send) is read by regular expressions;
+    anything else, by the state machine itself (`_header_fields_by_state`)."""
+    block = _PLAIN_HEADER_BLOCK.match(data, position)
+    if block is None:
+        return _header_fields_by_state(data, position)
+    return [(name.lower(), value) for name, value in _PLAIN_HEADER_FIELD.findall(data, position, block.end())]
+
+
+def _header_fields_by_state(data: bytes, position: int) -> list[tuple[bytes, bytes]] | None:
+    """`_header_fields` byte by byte, by nginx's header state machine."""
     fields: list[tuple[bytes, bytes]] = []
     state = "start"
     name_start = name_end = value_start = value_end = position
@@ -332,6 +346,12 @@ def parse_backend_address(text: bytes) -> tuple[str, socket.AddressFamily] | Non
 
 def _inet_addr(text: bytes) -> str | None:
     """nginx's ngx_inet_addr: four dot-separated decimal octets (an empty octet is 0); not 255.255.255.255."""
+    plain = _PLAIN_IPV4.fullmatch(text)
+    if plain is not None:  # the usual form, without the loop below
+        octets = [int(octet) for octet in plain.groups()]
+        if max(octets) > 255 or octets == [255, 255, 255, 255]:
+            return None
+        return ".".join(map(str, octets))
     value = octet = dots = 0
     for byte in text:
         if 0x30 <= byte <= 0x39:

@@ -10,6 +10,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailgate._io import install_context_callbacks
 from mailgate.config.errors import ConfigError
 from mailgate.config.model import PemSource, ServerConfig, SourceRef, VerifyClient
 from mailgate.tls import callbacks
@@ -37,7 +38,6 @@ from mailgate.tls.libssl import (
     SSL_CTRL_SET_MIN_PROTO_VERSION,
     SSL_CTRL_SET_SESS_CACHE_MODE,
     SSL_CTRL_SET_SESS_CACHE_SIZE,
-    SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
     SSL_MODE_NO_AUTO_CHAIN,
     SSL_MODE_RELEASE_BUFFERS,
     SSL_OP_ALL_BITS,
@@ -152,7 +152,6 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx = ssl_ctx_of(context)
     _set_fixed_options(ctx, settings.protocols)
-    libssl.SSL_CTX_set_alpn_select_cb(ctx, pointer_of(callbacks.ALPN_SELECT), None)
 
     if libssl.SSL_CTX_set_cipher_list(ctx, settings.ciphers.encode()) == 0:
         raise ConfigError(f'SSL_CTX_set_cipher_list("{settings.ciphers}") failed{error_suffix()}')
@@ -188,14 +187,18 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
     if not settings.session_tickets:
         libssl.SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
     ticket_keys = _ticket_key_ring(server, zone)
-    if ticket_keys is not None:
-        libssl.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, pointer_of(callbacks.TICKET_KEY))
+    session_timeout = int(settings.session_timeout)
+    install_context_callbacks(
+        ctx,
+        server.protocol.value.encode(),
+        ticket_keys=functools.partial(ticket_keys.snapshot, session_timeout) if ticket_keys else None,
+        new_session=callbacks.store_session if zone is not None else None,
+    )
 
     _apply_conf_commands(ctx, settings.conf_commands, prefix or Path(server.source.file).parent)
 
     state = callbacks.CallbackState(
-        alpn=server.protocol.value.encode(),
-        timeout=int(settings.session_timeout),
+        timeout=session_timeout,
         shared_cache=zone,
         ticket_keys=ticket_keys,
     )
@@ -358,7 +361,6 @@ def _configure_session_cache(server: ServerConfig, ctx: int) -> SharedSessionCac
     if cache.shared is None:
         return None
     zone = shared_cache(cache.shared.name, cache.shared.size)
-    libssl.SSL_CTX_sess_set_new_cb(ctx, pointer_of(callbacks.NEW_SESSION))
     libssl.SSL_CTX_sess_set_get_cb(ctx, pointer_of(callbacks.GET_SESSION))
     libssl.SSL_CTX_sess_set_remove_cb(ctx, pointer_of(callbacks.REMOVE_SESSION))
     return zone

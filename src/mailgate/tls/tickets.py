@@ -42,3 +42,15 @@ class TicketKeyRing:
             return self._keys
         self._keys = self._shared.rotate_ticket_keys(timeout)
         return self._keys
+
+    def snapshot(self, timeout: int) -> tuple[list[tuple[bytes, bytes, bytes, int]], float]:
+        """The keys as the handshake callback in `mailgate._io` holds them, (name, AES key, HMAC key,
+        expire) each, and for how many seconds they need no `current()` call (file keys: for good)."""
+        keys = self.current(timeout)
+        if self._shared is None:
+            valid_for = 1e9
+        elif len(keys) == 2:
+            valid_for = max(0.0, min(keys[0].expire - timeout, keys[1].expire) - time.time())
+        else:
+            valid_for = 0.0
+        return [(key.name, key.aes_key, key.hmac_key, key.expire) for key in keys], valid_for
