@@ -30,6 +30,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 #include <openssl/ssl.h>
 #include <stdint.h>
 #include <string.h>
@@ -2449,6 +2450,46 @@ new_session_callback(SSL *ssl, SSL_SESSION *session)
     return 0; /* OpenSSL keeps its own reference */
 }
 
+/* What tls_facts() reads of a finished handshake, in one call rather than a dozen through ctypes:
+ * (version, cipher, resumed, verify_result, has_peer_certificate, server_name, alpn, our certificate's
+ * signature algorithm, our key as "RSA2048" / "EC256" / "DSA2048"). */
+static PyObject *
+tls_summary(PyObject *module, PyObject *arg)
+{
+    SSL *ssl = PyLong_AsVoidPtr(arg);
+    if (ssl == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "no SSL");
+        return NULL;
+    }
+    const char *version = SSL_get_version(ssl);
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+    const char *cipher_name = cipher != NULL ? SSL_CIPHER_get_name(cipher) : NULL;
+    X509 *peer_certificate = SSL_get0_peer_certificate(ssl);
+    const char *server_name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_length = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_length);
+    const char *signature = NULL;
+    char key[32] = "";
+    X509 *own = SSL_get_certificate(ssl);
+    if (own != NULL) {
+        signature = OBJ_nid2sn(X509_get_signature_nid(own));
+        EVP_PKEY *public_key = X509_get0_pubkey(own);
+        if (public_key != NULL) {
+            int id = EVP_PKEY_get_base_id(public_key);
+            const char *kind = id == EVP_PKEY_RSA ? "RSA" : id == EVP_PKEY_EC ? "EC" : id == EVP_PKEY_DSA ? "DSA" : NULL;
+            if (kind != NULL)
+                snprintf(key, sizeof key, "%s%d", kind, EVP_PKEY_get_bits(public_key));
+        }
+    }
+    ERR_clear_error();
+    return Py_BuildValue("(ssNlNyy#zz)", version ? version : "", cipher_name ? cipher_name : "",
+                         PyBool_FromLong(SSL_session_reused(ssl)), (long)SSL_get_verify_result(ssl),
+                         PyBool_FromLong(peer_certificate != NULL), server_name, (const char *)alpn,
+                         (Py_ssize_t)(alpn != NULL ? alpn_length : 0), signature, key[0] ? key : NULL);
+}
+
 static PyObject *
 install_context_callbacks(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -2515,6 +2556,9 @@ openssl_version_number(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"tls_summary", tls_summary, METH_O,
+     "tls_summary(ssl): (version, cipher, resumed, verify_result, has_peer_certificate, server_name, alpn, "
+     "signature_algorithm, key_algorithm) of a connection's SSL* after its handshake."},
     {"install_context_callbacks", (PyCFunction)(void (*)(void))install_context_callbacks,
      METH_VARARGS | METH_KEYWORDS,
      "install_context_callbacks(ssl_ctx, alpn, ticket_keys=None, new_session=None): the handshake "

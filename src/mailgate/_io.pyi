@@ -65,3 +65,6 @@ def install_context_callbacks(
     ticket_keys: Callable[[], tuple[list[tuple[bytes, bytes, bytes, int]], float]] | None = ...,
     new_session: Callable[[int, int], None] | None = ...,
 ) -> None: ...
+def tls_summary(
+    ssl: int,
+) -> tuple[str, str, bool, int, bool, bytes | None, bytes | None, str | None, str | None]: ...

@@ -147,3 +147,18 @@ def test_shared_keys_rotate_once_the_previous_key_has_expired(
     assert rotated_current.name != current.name  # and a new one encrypts
     other_ring = TicketKeyRing(shared=zone)
     assert other_ring.current(300)[0].name == rotated_current.name  # every worker agrees
+
+
+def test_the_c_callback_holds_shared_keys_only_until_the_ring_would_look_at_the_zone_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.25]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    ring = TicketKeyRing(shared=SharedSessionCache("snapshot", 1 << 20, tmp_path / "zone"))
+    keys, valid_for = ring.snapshot(300)
+    current, previous = ring.current(300)
+    assert keys == [(key.name, key.aes_key, key.hmac_key, key.expire) for key in (current, previous)]
+    assert valid_for == pytest.approx(0.75)  # current() skips the zone until the second ends
+    file_keys, file_valid_for = TicketKeyRing([TicketKey.from_file_bytes(bytes(range(48)))]).snapshot(300)
+    assert [name for name, *_ in file_keys] == [bytes(range(16))]
+    assert file_valid_for >= 1e6  # file keys never change

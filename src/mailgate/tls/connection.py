@@ -11,15 +11,12 @@ from enum import Enum
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from mailgate._io import tls_summary
 from mailgate.config.model import Protocol, ServerConfig, VerifyClient
 from mailgate.protocol.lines import CERT_ERROR, NO_CERT
 from mailgate.tls.callbacks import session_id, state_of
 from mailgate.tls.facts import ClientCertificate, TlsFacts
 from mailgate.tls.libssl import (
-    EVP_PKEY_DSA,
-    EVP_PKEY_EC,
-    EVP_PKEY_RSA,
-    TLSEXT_NAMETYPE_HOST_NAME,
     X509_V_OK,
     XN_FLAG_RFC2253,
     bio_contents,
@@ -30,9 +27,6 @@ from mailgate.tls.libssl import (
 
 # X509 verify results `optional_no_ca` tolerates: self-signed leaf or chain, unknown issuer, untrusted.
 _OPTIONAL_NO_CA_TOLERATED = frozenset({18, 19, 20, 21, 27})
-
-
-_KEY_KINDS = {EVP_PKEY_RSA: "RSA", EVP_PKEY_EC: "EC", EVP_PKEY_DSA: "DSA"}
 
 
 class CertStatus(Enum):
@@ -110,10 +104,10 @@ def _forget_session(ssl: int) -> None:
 def tls_facts(ssl: int, server: ServerConfig) -> TlsFacts:
     """Protocol, cipher, verify result and client certificate of a connection's `SSL*`, in exactly nginx's
     formats."""
-    cipher = libssl.SSL_CIPHER_get_name(libssl.SSL_get_current_cipher(ssl))
-    resumed = bool(libssl.SSL_session_reused(ssl))
-    certificate = _client_certificate(ssl, resumed)
-    code = libssl.SSL_get_verify_result(ssl) if certificate is not None else 1
+    version, cipher, resumed, code, has_certificate, server_name, alpn, signature, key = tls_summary(ssl)
+    certificate = _client_certificate(ssl, resumed) if has_certificate else None
+    if certificate is None:
+        code = 1
     verify: str | None = None
     if server.ssl.verify_client is not VerifyClient.OFF:
         if certificate is None:
@@ -122,30 +116,18 @@ def tls_facts(ssl: int, server: ServerConfig) -> TlsFacts:
             verify = "SUCCESS"
         else:
             verify = f"FAILED:{verify_error_string(code)}"
-    server_name = libssl.SSL_get_servername(ssl, TLSEXT_NAMETYPE_HOST_NAME)
-    signature, key = _own_certificate_algorithms(ssl)
-    version = libssl.SSL_get_version(ssl)
     return TlsFacts(
-        protocol=version.decode("ascii", "replace") if version else "",
-        cipher=cipher.decode("ascii", "replace") if cipher else "",
+        protocol=version,
+        cipher=cipher,
         resumed=resumed,
         verify=verify,
         verify_code=code,
         certificate=certificate,
         server_name=server_name.decode("utf-8", "replace") if server_name else None,
-        alpn=_selected_alpn(ssl),
+        alpn=alpn.decode("ascii", "replace") if alpn else None,
         server_signature_algorithm=signature,
         server_key_algorithm=key,
     )
-
-
-def _selected_alpn(ssl: int) -> str | None:
-    name = ctypes.c_void_p()
-    length = ctypes.c_uint()
-    libssl.SSL_get0_alpn_selected(ssl, ctypes.byref(name), ctypes.byref(length))
-    if not name.value or not length.value:
-        return None
-    return ctypes.string_at(name.value, length.value).decode("ascii", "replace")
 
 
 def _name_text(name: int) -> str:
@@ -198,20 +180,3 @@ def _common_name(der: bytes) -> str | None:
         return None
     value = names[0].value
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
-def _own_certificate_algorithms(ssl: int) -> tuple[str | None, str | None]:
-    """Our certificate's signature algorithm short name and key (`RSA2048`, `EC256`, `DSA2048`)."""
-    certificate = libssl.SSL_get_certificate(ssl)
-    if not certificate:
-        return None, None
-    short_name = crypto.OBJ_nid2sn(crypto.X509_get_signature_nid(certificate))
-    signature = short_name.decode("ascii", "replace") if short_name else None
-    public_key = crypto.X509_get0_pubkey(certificate)
-    if not public_key:
-        return signature, None
-    kind = {EVP_PKEY_RSA: "RSA", EVP_PKEY_EC: "EC", EVP_PKEY_DSA: "DSA"}.get(
-        crypto.EVP_PKEY_get_base_id(public_key)
-    )
-    key = f"{kind}{crypto.EVP_PKEY_get_bits(public_key)}" if kind else None
-    return signature, key

@@ -50,7 +50,8 @@ class TicketKeyRing:
         if self._shared is None:
             valid_for = 1e9
         elif len(keys) == 2:
-            valid_for = max(0.0, min(keys[0].expire - timeout, keys[1].expire) - time.time())
+            # current() skips the zone while int(time.time()) is at most this, to the end of that second
+            valid_for = max(0.0, min(keys[0].expire - timeout, keys[1].expire) + 1 - time.time())
         else:
             valid_for = 0.0
         return [(key.name, key.aes_key, key.hmac_key, key.expire) for key in keys], valid_for
