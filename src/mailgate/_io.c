@@ -204,7 +204,9 @@ struct RelayObject {
     PyObject *done;
 };
 
-static PyTypeObject ReactorType, PeerType, RelayType;
+static PyTypeObject ReactorType, PeerType, RelayType, ListenerType;
+typedef struct ListenerObject ListenerObject;
+static void listener_ready(ListenerObject *l);
 
 static void peer_pull(PeerObject *p);
 static void peer_flush(PeerObject *p);
@@ -645,7 +647,9 @@ Reactor_process(ReactorObject *r, PyObject *unused)
             timers = 1;
             continue;
         }
-        if (p->fd >= 0)
+        if (Py_IS_TYPE((PyObject *)p, &ListenerType))
+            listener_ready((ListenerObject *)p);
+        else if (p->fd >= 0)
             peer_events(p, events[i].events);
     }
     for (int i = 0; i < n; i++)
@@ -1797,6 +1801,34 @@ Peer_quiet_shutdown(PeerObject *p, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* A socket address as Python's socket module gives it. */
+static PyObject *
+address_object(struct sockaddr_storage *address, socklen_t length)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (address->ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)address;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+        return Py_BuildValue("(si)", text, ntohs(in->sin_port));
+    }
+    if (address->ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)address;
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+        return Py_BuildValue("(siII)", text, ntohs(in6->sin6_port), ntohl(in6->sin6_flowinfo),
+                             in6->sin6_scope_id);
+    }
+    if (address->ss_family == AF_UNIX) {
+        struct sockaddr_un *un = (struct sockaddr_un *)address;
+        Py_ssize_t size = (Py_ssize_t)length - (Py_ssize_t)offsetof(struct sockaddr_un, sun_path);
+        if (size <= 0)
+            return PyUnicode_FromString("");
+        if (un->sun_path[0] == 0)
+            return PyBytes_FromStringAndSize(un->sun_path, size);
+        return PyUnicode_DecodeFSDefault(un->sun_path);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Peer_getsockname(PeerObject *p, PyObject *unused)
 {
@@ -1808,27 +1840,26 @@ Peer_getsockname(PeerObject *p, PyObject *unused)
     }
     if (getsockname(p->fd, (struct sockaddr *)&address, &length) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    char text[INET6_ADDRSTRLEN];
-    if (address.ss_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&address;
-        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
-        return Py_BuildValue("(si)", text, ntohs(in->sin_port));
+    return address_object(&address, length);
+}
+
+/* Bytes read too far (past a PROXY protocol header) go back in front of what is still to read. */
+static PyObject *
+Peer_unread(PeerObject *p, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Buffer joined = {0};
+    int failed = buffer_append(&joined, view.buf, (size_t)view.len) < 0 ||
+                 buffer_append(&joined, p->in.data ? p->in.data + p->in.start : NULL, p->in.len) < 0;
+    PyBuffer_Release(&view);
+    if (failed) {
+        buffer_free(&joined);
+        return PyErr_NoMemory();
     }
-    if (address.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&address;
-        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
-        return Py_BuildValue("(siII)", text, ntohs(in6->sin6_port), ntohl(in6->sin6_flowinfo),
-                             in6->sin6_scope_id);
-    }
-    if (address.ss_family == AF_UNIX) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&address;
-        Py_ssize_t size = (Py_ssize_t)length - (Py_ssize_t)offsetof(struct sockaddr_un, sun_path);
-        if (size <= 0)
-            return PyUnicode_FromString("");
-        if (un->sun_path[0] == 0)
-            return PyBytes_FromStringAndSize(un->sun_path, size);
-        return PyUnicode_DecodeFSDefault(un->sun_path);
-    }
+    buffer_free(&p->in);
+    p->in = joined;
     Py_RETURN_NONE;
 }
 
@@ -1963,6 +1994,8 @@ static PyMethodDef Peer_methods[] = {
     {"quiet_shutdown", (PyCFunction)Peer_quiet_shutdown, METH_NOARGS,
      "Let the coming TLS shutdown send no close_notify."},
     {"getsockname", (PyCFunction)Peer_getsockname, METH_NOARGS, "Our end's address, as socket.getsockname()."},
+    {"unread", (PyCFunction)Peer_unread, METH_O,
+     "Put bytes back in front of what the next read returns (or TLS reads first)."},
     {"fileno", (PyCFunction)Peer_fileno, METH_NOARGS, "The socket's descriptor (-1 once closed)."},
     {NULL}};
 
@@ -2267,6 +2300,184 @@ static PyTypeObject RelayType = {
 };
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Listener: accepts on a listening socket of the worker's, each connection a Peer for the callback */
+
+struct ListenerObject {
+    PyObject_HEAD
+    ReactorObject *reactor;
+    int fd;
+    int family;
+    int tcp;
+    int multi_accept;
+    int watching;
+    PyObject *callback; /* (peer, address) -> bool (go on accepting); (None, OSError) on a failed accept */
+};
+
+/* The listening socket is ready: accept one connection, or with multi_accept all that are pending. */
+static void
+listener_ready(ListenerObject *l)
+{
+    Py_INCREF(l);
+    while (l->watching && l->fd >= 0) {
+        struct sockaddr_storage address;
+        socklen_t length = sizeof address;
+        int fd = accept4(l->fd, (struct sockaddr *)&address, &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            PyObject *error = os_error(errno);
+            PyObject *result = error ? PyObject_CallFunction(l->callback, "OO", Py_None, error) : NULL;
+            Py_XDECREF(error);
+            if (result == NULL)
+                PyErr_WriteUnraisable(l->callback);
+            int again = result != NULL && PyObject_IsTrue(result) == 1;
+            Py_XDECREF(result);
+            if (!again)
+                break;
+            continue;
+        }
+        if (l->tcp) {
+            /* nginx's mail module leaves Nagle on, which stalls replies behind delayed ACKs; we never do. */
+            int on = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+        }
+        PeerObject *peer = peer_alloc(l->reactor, fd, l->family);
+        if (peer == NULL || reactor_register(l->reactor, peer) < 0) {
+            if (peer != NULL) {
+                peer->fd = -1;
+                Py_DECREF(peer);
+            }
+            close(fd);
+            PyErr_WriteUnraisable((PyObject *)l);
+            break;
+        }
+        PyObject *where = address_object(&address, length);
+        PyObject *result = where ? PyObject_CallFunction(l->callback, "OO", peer, where) : NULL;
+        Py_XDECREF(where);
+        if (result == NULL) {
+            PyErr_WriteUnraisable(l->callback);
+            PyObject *r = Peer_abort(peer, NULL);
+            Py_XDECREF(r);
+        }
+        Py_DECREF(peer);
+        int again = result != NULL && PyObject_IsTrue(result) == 1;
+        Py_XDECREF(result);
+        if (!again || !l->multi_accept)
+            break;
+    }
+    Py_DECREF(l);
+}
+
+static PyObject *
+Listener_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"reactor", "fd", "callback", "multi_accept", NULL};
+    ReactorObject *reactor;
+    int fd, multi_accept = 0;
+    PyObject *callback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!iO|p", names, &ReactorType, &reactor, &fd, &callback,
+                                     &multi_accept))
+        return NULL;
+    ListenerObject *l = (ListenerObject *)type->tp_alloc(type, 0);
+    if (l == NULL)
+        return NULL;
+    Py_INCREF(reactor);
+    Py_INCREF(callback);
+    l->reactor = reactor;
+    l->fd = fd;
+    l->family = socket_family(fd);
+    l->tcp = l->family == AF_INET || l->family == AF_INET6;
+    l->multi_accept = multi_accept;
+    l->callback = callback;
+    return (PyObject *)l;
+}
+
+static PyObject *
+Listener_start(ListenerObject *l, PyObject *unused)
+{
+    if (l->watching || l->fd < 0)
+        Py_RETURN_NONE;
+    struct epoll_event event;
+    event.events = EPOLLIN; /* level-triggered: a connection left pending is reported again */
+    event.data.ptr = l;
+    if (epoll_ctl(l->reactor->epfd, EPOLL_CTL_ADD, l->fd, &event) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_INCREF(l); /* held by the epoll set while watched */
+    l->watching = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Listener_stop(ListenerObject *l, PyObject *unused)
+{
+    if (!l->watching)
+        Py_RETURN_NONE;
+    l->watching = 0;
+    if (l->reactor->epfd >= 0)
+        epoll_ctl(l->reactor->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    Py_DECREF(l);
+    Py_RETURN_NONE;
+}
+
+static int
+Listener_traverse(ListenerObject *l, visitproc visit, void *arg)
+{
+    Py_VISIT(l->reactor);
+    Py_VISIT(l->callback);
+    return 0;
+}
+
+static int
+Listener_clear(ListenerObject *l)
+{
+    Py_CLEAR(l->callback);
+    return 0;
+}
+
+static void
+Listener_dealloc(ListenerObject *l)
+{
+    PyObject_GC_UnTrack(l);
+    Py_CLEAR(l->callback);
+    Py_CLEAR(l->reactor);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyMethodDef Listener_methods[] = {
+    {"start", (PyCFunction)Listener_start, METH_NOARGS, "Accept from now on."},
+    {"stop", (PyCFunction)Listener_stop, METH_NOARGS, "Accept no more (the socket stays open: it is not ours)."},
+    {NULL}};
+
+static PyTypeObject ListenerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mailgate._io.Listener",
+    .tp_basicsize = sizeof(ListenerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Listener(reactor, fd, callback, multi_accept=False): callback(peer, address) per connection "
+              "accepted on the listening socket fd (returns whether to go on); callback(None, error) when "
+              "accept() fails.",
+    .tp_new = Listener_new,
+    .tp_dealloc = (destructor)Listener_dealloc,
+    .tp_traverse = (traverseproc)Listener_traverse,
+    .tp_clear = (inquiry)Listener_clear,
+    .tp_methods = Listener_methods,
+};
+
+/* The next number of a counter in memory shared by processes (nginx's connection counter). */
+static PyObject *
+shared_increment(PyObject *module, PyObject *arg)
+{
+    uint64_t *counter = PyLong_AsVoidPtr(arg);
+    if (counter == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "no counter");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(__atomic_add_fetch(counter, 1, __ATOMIC_SEQ_CST));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* The callbacks OpenSSL makes in every handshake, in C: session ticket keys, ALPN, and the new-session
  * callback's early return. Each context's state hangs off its SSL_CTX; what needs Python (a ticket-key
  * rotation in the shared zone, storing a TLS 1.2 session) calls back into it, with the GIL already held. */
@@ -2556,6 +2767,9 @@ openssl_version_number(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"shared_increment", shared_increment, METH_O,
+     "shared_increment(address): atomically add one to the 64-bit counter at address (in memory shared by "
+     "processes) and return the new value."},
     {"tls_summary", tls_summary, METH_O,
      "tls_summary(ssl): (version, cipher, resumed, verify_result, has_peer_certificate, server_name, alpn, "
      "signature_algorithm, key_algorithm) of a connection's SSL* after its handshake."},
@@ -2579,7 +2793,8 @@ static struct PyModuleDef module_definition = {
 PyMODINIT_FUNC
 PyInit__io(void)
 {
-    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&PeerType) < 0 || PyType_Ready(&RelayType) < 0)
+    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&PeerType) < 0 || PyType_Ready(&RelayType) < 0 ||
+        PyType_Ready(&ListenerType) < 0)
         return NULL;
     str_set_result = PyUnicode_InternFromString("set_result");
     str_set_exception = PyUnicode_InternFromString("set_exception");
@@ -2607,9 +2822,11 @@ PyInit__io(void)
     Py_INCREF(&ReactorType);
     Py_INCREF(&PeerType);
     Py_INCREF(&RelayType);
+    Py_INCREF(&ListenerType);
     if (PyModule_AddObject(module, "Reactor", (PyObject *)&ReactorType) < 0 ||
         PyModule_AddObject(module, "Peer", (PyObject *)&PeerType) < 0 ||
         PyModule_AddObject(module, "Relay", (PyObject *)&RelayType) < 0 ||
+        PyModule_AddObject(module, "Listener", (PyObject *)&ListenerType) < 0 ||
         PyModule_AddObject(module, "HALF_CLOSE_QUIET", PyFloat_FromDouble(HALF_CLOSE_QUIET)) < 0) {
         Py_DECREF(module);
         return NULL;

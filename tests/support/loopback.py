@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import socket
 import time
@@ -35,6 +36,9 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port(host: str = IPV4_LOOPBACK, *, also_free_on: Sequence[str] = ()) -> int:
     """A TCP port nothing is bound to on ``host`` (and on each of ``also_free_on``) at this moment.
 
@@ -44,7 +48,9 @@ def free_port(host: str = IPV4_LOOPBACK, *, also_free_on: Sequence[str] = ()) ->
         with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
             probe.bind((host, 0))
             port: int = probe.getsockname()[1]
-        if all(_port_is_free(other, port) for other in also_free_on):
+        # The kernel may hand the same free port out twice in a row: never give one out again soon.
+        if port not in _handed_out and all(_port_is_free(other, port) for other in also_free_on):
+            _handed_out.append(port)
             return port
     raise RuntimeError(f"no TCP port free on {host} and {', '.join(also_free_on)}")
 

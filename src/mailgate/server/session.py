@@ -8,13 +8,11 @@ a log message, never anything else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
@@ -63,11 +61,6 @@ _ENGINES: dict[Protocol, Callable[..., PreAuthEngine]] = {
     Protocol.POP3: Pop3PreAuth,
     Protocol.SMTP: SmtpPreAuth,
 }
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _SessionEndedError(Exception):
@@ -146,7 +139,6 @@ class Session:
         "relay",
         "runtime",
         "server",
-        "sock",
         "starttls",
         "tls",
         "upstream",
@@ -156,14 +148,14 @@ class Session:
         self,
         runtime: ServerRuntime,
         listen: Listen,
-        sock: socket.socket,
+        client: Peer,
         peer_address: object,
         connection: int,
     ) -> None:
         self.runtime = runtime
         self.server = runtime.server
         self.listen = listen
-        self.sock = sock
+        self.client = client
         self.connection = connection
         self.loop = asyncio.get_running_loop()
         self.log = runtime.error_log
@@ -172,7 +164,6 @@ class Session:
         self._local_address: SocketAddress | None = None
         self.client_address = self.peer_address
         self.proxy_header: ProxyProtocolHeader | None = None
-        self.client: Peer | None = None
         self.backend: Peer | None = None
         self.relay: Relay | None = None
         self.tls: TlsFacts | None = None
@@ -186,8 +177,7 @@ class Session:
     def local_address(self) -> SocketAddress:
         """Our end of the client connection (asked of the socket when first needed)."""
         if self._local_address is None:
-            name = self.client.getsockname() if self.client is not None else self.sock.getsockname()
-            self._local_address = SocketAddress.from_sockname(self.listen.family, name)
+            self._local_address = SocketAddress.from_sockname(self.listen.family, self.client.getsockname())
         return self._local_address
 
     # -- logging
@@ -252,14 +242,16 @@ class Session:
 
     async def _run(self) -> None:
         deadline = self.loop.time() + self.server.core.timeout
+        client = self.client
         if self.listen.proxy_protocol:
             self.action = "reading PROXY protocol"
-            await self._read_proxy_header(deadline)
-        self.action = "SSL handshaking" if self.listen.ssl else None
-        client = await self._open_client(deadline)
+            await self._read_proxy_header(client, deadline)
         if self.listen.ssl:
+            self.action = "SSL handshaking"
+            await self._handshake(client, deadline)
             self.record.tls_mode = "implicit"
             await self._check_client_certificate(client)
+        self.action = None
         client_host = UNAVAILABLE
         if self.server.protocol is Protocol.SMTP:
             client_host = await self._smtp_client_host()
@@ -288,7 +280,7 @@ class Session:
         self.record.client_to_backend = outcome.client_to_backend
         self.record.backend_to_client = outcome.backend_to_client
         self.record.close_reason = outcome.reason
-        if outcome.reason == "backend closed" and self.client is not None and self.client.at_eof:
+        if outcome.reason == "backend closed" and self.client.at_eof:
             # The client's close was passed on to the backend, which then closed: the client ended it.
             self.record.close_reason = "client closed"
         if outcome.client_error is not None:
@@ -302,32 +294,25 @@ class Session:
 
     # -- PROXY protocol, TLS
 
-    async def _read_proxy_header(self, deadline: float) -> None:
-        readable: asyncio.Future[None] = self.loop.create_future()
-        fd = self.sock.fileno()
-        self.loop.add_reader(fd, _resolve, readable)
+    async def _read_proxy_header(self, client: Peer, deadline: float) -> None:
+        client.set_deadline(deadline)
         try:
-            await self._until(readable, deadline)
+            received = await client.read()
+        except TimeoutError:
+            self._client_timed_out()
         finally:
-            self.loop.remove_reader(fd)
-        first = self.sock.recv(PROXY_HEADER_READ_SIZE, socket.MSG_PEEK)
-        if not first:
+            client.set_deadline(None)
+        if not received:
             self._end("client closed")
-        result = read_proxy_header(first)
+        # nginx peeks at most this much for the header; what follows it is the session's first input.
+        result = read_proxy_header(received[:PROXY_HEADER_READ_SIZE])
         if isinstance(result, BrokenProxyHeader):
             self._log(LogLevel.ERROR, result.log_message)
             self._end("broken PROXY header")
-        self.sock.recv(result.consumed)
+        client.unread(received[result.consumed :])
         self.proxy_header = result.header
         self.client_address = apply_realip(result.header, self.peer_address, self.server.realip)
         self.record.client = str(self.client_address)
-
-    async def _open_client(self, deadline: float) -> Peer:
-        client = Peer(self.runtime.reactor, self.sock.detach(), self.listen.family)
-        self.client = client
-        if self.listen.ssl:
-            await self._handshake(client, deadline)
-        return client
 
     async def _handshake(self, client: Peer, deadline: float) -> None:
         """The server TLS handshake on the client connection (TLS is terminated in `Peer`)."""
@@ -354,7 +339,7 @@ class Session:
     def _tls_facts(self) -> TlsFacts | None:
         """The client's TLS facts once its handshake succeeded (read when first needed: the auth request,
         the PROXY header, the session log), else None."""
-        if self.tls is None and self.record.tls_mode and self.client is not None:
+        if self.tls is None and self.record.tls_mode:
             self.tls = tls_facts(self.client.ssl, self.server)
             self.record.tls = self.tls
         return self.tls
@@ -487,14 +472,6 @@ class Session:
         number = error.errno or 0
         self._log(LogLevel.INFO, f"recv() failed ({number}: {os.strerror(number)})", action)
 
-    async def _until(self, awaitable: Awaitable[T], deadline: float) -> T:
-        """Await within `deadline`; past it, log `client timed out` and end the session."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await awaitable
-        except TimeoutError:
-            self._client_timed_out()
-
     # -- authentication
 
     async def _authenticate(
@@ -620,10 +597,6 @@ class Session:
     def _close_all(self) -> None:
         if self.backend is not None:
             self.backend.close()
-        if self.client is not None:
-            if self.record.close_reason == "timed out":
-                self.client.quiet_shutdown()  # nginx closes a client that timed out without close_notify
-            self.client.close()
-        else:
-            with contextlib.suppress(OSError):
-                self.sock.close()
+        if self.record.close_reason == "timed out":
+            self.client.quiet_shutdown()  # nginx closes a client that timed out without close_notify
+        self.client.close()

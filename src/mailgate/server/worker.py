@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
-import fcntl
+import functools
 import mmap
 import os
 import resource
@@ -26,15 +27,16 @@ import setproctitle
 import uvloop
 
 from mailgate import tls as mailgate_tls
+from mailgate._io import Listener, shared_increment
 from mailgate.auth.client_host import ClientHostResolver
 from mailgate.config.model import LogLevel
 from mailgate.log import ErrorLog, route_python_logger
-from mailgate.proxy.relay import reactor_of
+from mailgate.proxy.relay import Peer, reactor_of
 from mailgate.server.generation import Generation, servers_of
 from mailgate.server.listeners import Endpoint, ListenerPlan
 from mailgate.server.session import ServerRuntime, Session
 
-SessionRunner = Callable[[Endpoint, socket.socket, Any, int], Coroutine[Any, Any, None]]
+SessionRunner = Callable[[Endpoint, Peer, Any, int], Coroutine[Any, Any, None]]
 
 # Signals the master handles itself; blocked in the master, and in a new worker until its handlers are set.
 PROCESS_SIGNALS = frozenset(
@@ -61,38 +63,16 @@ _STOP_GRACE = 5.0
 
 class ConnectionNumbers:
     """nginx's connection counter: one sequence for every worker and every reload, so that `*N` names one
-    connection in the whole error log. A shared page guarded by a POSIX record lock, which the kernel
-    releases if a worker dies holding it."""
+    connection in the whole error log. A counter in a shared page, incremented atomically."""
 
     def __init__(self) -> None:
         self._fd = os.memfd_create("mailgate-connections", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, mmap.PAGESIZE)
         self._page = mmap.mmap(self._fd, 8)  # MAP_SHARED: forked workers see the same counter
+        self._counter = ctypes.addressof(ctypes.c_uint64.from_buffer(self._page))
 
     def next(self) -> int:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            number = int.from_bytes(self._page[:8], "little") + 1
-            self._page[:8] = number.to_bytes(8, "little")
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        return number
-
-
-@dataclass(frozen=True)
-class _AcceptedKind:
-    """What sockets accepted on one listening socket are, read from it once."""
-
-    family: int
-    type: int
-    proto: int
-    tcp: bool
-
-    @staticmethod
-    def of(listener: socket.socket) -> _AcceptedKind:
-        family = listener.family
-        tcp = family in (socket.AF_INET, socket.AF_INET6)
-        return _AcceptedKind(int(family), int(listener.type), listener.proto, tcp)
+        return shared_increment(self._counter)
 
 
 class Acceptor:
@@ -113,13 +93,17 @@ class Acceptor:
         multi_accept: bool,
         connection_numbers: Callable[[], int],
     ) -> None:
-        self._listeners = listeners
         self._run_session = run_session
         self._error_log = error_log
         self._limit = max(1, worker_connections)
-        self._multi_accept = multi_accept
         self._connection_numbers = connection_numbers
         self._loop = asyncio.get_running_loop()
+        reactor = reactor_of(self._loop)
+        # Accepted in C (mailgate._io): each connection arrives as a Peer, with TCP_NODELAY set.
+        self._listeners = [
+            Listener(reactor, sock.fileno(), functools.partial(self._accepted, plan), multi_accept)
+            for plan, sock in listeners
+        ]
         self._sessions: set[asyncio.Task[None]] = set()
         self._readers_installed = False
         self._stopped = False
@@ -143,14 +127,14 @@ class Acceptor:
     def _install_readers(self) -> None:
         if not self._readers_installed and not self._stopped and not self._paused:
             self._readers_installed = True
-            for plan, sock in self._listeners:
-                self._loop.add_reader(sock.fileno(), self._accept, plan, sock, _AcceptedKind.of(sock))
+            for listener in self._listeners:
+                listener.start()
 
     def _remove_readers(self) -> None:
         if self._readers_installed:
             self._readers_installed = False
-            for _, sock in self._listeners:
-                self._loop.remove_reader(sock.fileno())
+            for listener in self._listeners:
+                listener.stop()
 
     async def wait_sessions(self) -> None:
         await self._all_done.wait()
@@ -159,25 +143,22 @@ class Acceptor:
         for task in list(self._sessions):
             task.cancel()
 
-    def _accept(self, plan: ListenerPlan, sock: socket.socket, kind: _AcceptedKind) -> None:
-        while len(self._sessions) < self._limit:
-            try:
-                # socket.accept() without its conversions of family and type to enums, twice per connection.
-                fd, address = sock._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self._accept_failed(error)
-                if error.errno == errno.ECONNABORTED:
-                    continue
-                return
-            conn = socket.socket(kind.family, kind.type, kind.proto, fileno=fd)
-            self._start_session(plan, conn, address, kind.tcp)
-            if not self._multi_accept:
-                return
-        if len(self._sessions) >= self._limit and self._readers_installed:
+    def _accepted(self, plan: ListenerPlan, peer: Peer | None, address: Any) -> bool:
+        """One connection accepted (or accept() failed: `address` is the error); whether to accept more."""
+        if peer is None:
+            self._accept_failed(address)
+            return bool(address.errno == errno.ECONNABORTED)
+        endpoint = plan.route(peer.getsockname()) if plan.specific else plan.endpoint
+        task = self._loop.create_task(self._run_session(endpoint, peer, address, self._connection_numbers()))
+        self._sessions.add(task)
+        self._all_done.clear()
+        task.add_done_callback(self._session_done)
+        if len(self._sessions) < self._limit:
+            return True
+        if self._readers_installed:
             self._error_log.log(LogLevel.ALERT, f"{self._limit} worker_connections are not enough")
             self._remove_readers()  # until a session ends
+        return False
 
     def _accept_failed(self, error: OSError) -> None:
         level = LogLevel.ERROR if error.errno == errno.ECONNABORTED else LogLevel.ALERT
@@ -192,18 +173,6 @@ class Acceptor:
         self._paused = False
         if len(self._sessions) < self._limit:
             self._install_readers()
-
-    def _start_session(self, plan: ListenerPlan, conn: socket.socket, address: Any, tcp: bool) -> None:
-        conn.setblocking(False)
-        if tcp:
-            # nginx's mail module leaves Nagle on, which stalls replies behind delayed ACKs; we never do.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        endpoint = plan.route(conn.getsockname()) if plan.specific else plan.endpoint
-        number = self._connection_numbers()
-        task = self._loop.create_task(self._run_session(endpoint, conn, address, number))
-        self._sessions.add(task)
-        self._all_done.clear()
-        task.add_done_callback(self._session_done)
 
     def _session_done(self, task: asyncio.Task[None]) -> None:
         self._sessions.discard(task)
@@ -243,11 +212,9 @@ class Worker:
             connection_numbers=connection_numbers,
         )
 
-    async def _run_session(
-        self, endpoint: Endpoint, sock: socket.socket, address: Any, connection: int
-    ) -> None:
+    async def _run_session(self, endpoint: Endpoint, peer: Peer, address: Any, connection: int) -> None:
         runtime = self.runtimes[id(endpoint.server)]
-        session = Session(runtime, endpoint.listen, sock, address, connection)
+        session = Session(runtime, endpoint.listen, peer, address, connection)
         self.sessions.add(session)
         try:
             await session.run()
