@@ -52,6 +52,10 @@
 /* Seconds without any transfer after a client's half-close before the backend is told (relay.py). */
 #define HALF_CLOSE_QUIET 1.0
 #define EVENTS_PER_WAIT 256
+/* Plaintext per SSL_write() call when much is written at once (three records), and the output buffer
+ * a relaying connection keeps between writes rather than allocating one each time. */
+#define TLS_WRITE_CHUNK (48 * 1024)
+#define RELAY_KEPT_BUFFER (64 * 1024)
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Byte buffers */
@@ -110,6 +114,20 @@ buffer_consume(Buffer *b, size_t n)
         buffer_free(b); /* an idle connection holds no buffer */
 }
 
+/* The same, keeping a small buffer for reuse (a relay's output, written again and again). */
+static void
+buffer_consume_keeping(Buffer *b, size_t n, size_t keep)
+{
+    b->start += n;
+    b->len -= n;
+    if (b->len == 0) {
+        if (b->cap > keep)
+            buffer_free(b);
+        else
+            b->start = 0;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* Module state: interned names, the exception factory set from Python */
 
@@ -166,6 +184,8 @@ enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_OPEN, TLS_CLOSING, TLS_CLOSED };
 #define P_SHUT_WR 0x0080     /* shut our sending side down once the output is flushed */
 #define P_TCP 0x0100
 #define P_WRITE_EOF_DONE 0x0200
+#define P_PULLING 0x0400 /* in peer_pull: a relay must not start another read of it (the scratch buffer) */
+#define P_WRITING 0x0800 /* in tls_write: a relay must not write to it again before it is done */
 
 struct PeerObject {
     PyObject_HEAD
@@ -882,11 +902,15 @@ peer_pull(PeerObject *p)
 {
     if (p->fd < 0)
         return;
+    if (p->flags & P_PULLING)
+        return;
     Py_INCREF(p);
+    p->flags |= P_PULLING;
     if (p->tls_state == TLS_NONE)
         plain_pull(p);
     else
         tls_pull(p);
+    p->flags &= ~P_PULLING;
     Py_DECREF(p);
 }
 
@@ -896,7 +920,7 @@ peer_flush(PeerObject *p)
     while (p->out.len && p->fd >= 0 && (p->flags & P_WRITABLE)) {
         ssize_t n = send(p->fd, p->out.data + p->out.start, p->out.len, MSG_NOSIGNAL);
         if (n > 0) {
-            buffer_consume(&p->out, (size_t)n);
+            buffer_consume_keeping(&p->out, (size_t)n, p->relay != NULL ? RELAY_KEPT_BUFFER : 0);
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -923,7 +947,7 @@ peer_flush(PeerObject *p)
             return;
         }
     }
-    if (p->relay != NULL && p->out.len <= RELAY_LOW_WATER)
+    if (p->relay != NULL && p->out.len <= RELAY_LOW_WATER && !(p->flags & P_WRITING))
         relay_resume_towards(p->relay, p);
 }
 
@@ -1321,15 +1345,21 @@ tls_write(PeerObject *p, const char *data, size_t n)
             PyErr_Clear();
         return;
     }
+    p->flags |= P_WRITING;
     while (n > 0) {
         ERR_clear_error();
-        int chunk = n > (1 << 30) ? (1 << 30) : (int)n;
+        int chunk = n > TLS_WRITE_CHUNK ? TLS_WRITE_CHUNK : (int)n;
         int written = SSL_write(p->ssl, data, chunk);
         if (written > 0) {
             data += written;
             n -= (size_t)written;
+            if (n > 0)
+                peer_flush(p); /* a few records at a time: the output buffer stays small */
+            if (p->fd < 0)
+                return;
             continue;
         }
+        p->flags &= ~P_WRITING;
         int error = SSL_get_error(p->ssl, written);
         if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
             /* a renegotiation or key update wants the client's answer first */
@@ -1340,6 +1370,7 @@ tls_write(PeerObject *p, const char *data, size_t n)
         tls_failed_new(p, tls_failure("SSL_write()"));
         return;
     }
+    p->flags &= ~P_WRITING;
     peer_flush(p);
 }
 
