@@ -209,7 +209,13 @@ struct PeerObject {
     Timer tls_timer;
     Buffer backlog; /* plaintext an SSL_write could not take yet (a renegotiation wants input first) */
     RelayObject *relay; /* borrowed: the relay holds us and clears this when it ends */
+    /* The front of a session run here before any Python (start_front): handshake, greeting, first input. */
+    int front_stage;
+    double front_wait;
+    PyObject *front_greeting, *front_callback, *front_context;
 };
+
+enum front_stage { FRONT_NONE, FRONT_HANDSHAKE, FRONT_WAITING };
 
 struct RelayObject {
     PyObject_HEAD
@@ -242,6 +248,10 @@ static void relay_end_of_input(RelayObject *r, PeerObject *p);
 static void relay_lost(RelayObject *r, PeerObject *p);
 static void relay_resume_towards(RelayObject *r, PeerObject *target);
 static void relay_timer_fired(RelayObject *r);
+static void front_handshake_done(PeerObject *p);
+static void front_end(PeerObject *p, const char *stage, PyObject *error);
+static PyObject *Peer_close(PeerObject *p, PyObject *unused);
+static PyObject *Peer_abort(PeerObject *p, PyObject *unused);
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Futures */
@@ -821,6 +831,8 @@ peer_wants_input(PeerObject *p)
         return 1;
     if (p->flags & (P_CLOSING | P_EOF))
         return 0;
+    if (p->front_stage == FRONT_WAITING)
+        return 1;
     if (p->relay != NULL) {
         RelayObject *r = p->relay;
         PeerObject *target = p == r->client ? r->backend : r->client;
@@ -839,6 +851,10 @@ peer_deliver(PeerObject *p, const char *data, size_t n)
     }
     if (buffer_append(&p->in, data, n) < 0) {
         PyErr_Clear();
+        return;
+    }
+    if (p->front_stage == FRONT_WAITING) {
+        front_end(p, "greeted", NULL); /* the client's first command: the session takes over */
         return;
     }
     if (p->read_waiter != NULL) {
@@ -1053,6 +1069,8 @@ peer_lost(PeerObject *p, PyObject *error)
     }
     if (p->fd >= 0)
         peer_do_close(p);
+    if (p->front_stage != FRONT_NONE)
+        front_end(p, "closed", NULL);
     if (p->relay != NULL)
         relay_lost(p->relay, p);
     Py_DECREF(p);
@@ -1066,6 +1084,8 @@ peer_input_ended(PeerObject *p)
         return;
     p->flags |= P_EOF;
     wake_reader_at_end(p);
+    if (p->front_stage == FRONT_WAITING)
+        front_end(p, "closed", NULL);
     if (p->relay != NULL)
         relay_end_of_input(p->relay, p);
 }
@@ -1110,6 +1130,13 @@ static void
 peer_deadline_fired(PeerObject *p)
 {
     p->flags |= P_EXPIRED;
+    if (p->front_stage == FRONT_WAITING) {
+        /* nginx closes a client that timed out without close_notify, and (at this log level) silently */
+        if (p->ssl != NULL)
+            SSL_set_quiet_shutdown(p->ssl, 1);
+        front_end(p, "closed", NULL);
+        return;
+    }
     if (p->read_waiter != NULL || p->drain_waiter != NULL || p->connect_waiter != NULL) {
         PyObject *e = exception0(PyExc_TimeoutError);
         if (e == NULL) {
@@ -1145,6 +1172,24 @@ static void
 tls_failed(PeerObject *p, PyObject *error)
 {
     Py_INCREF(p);
+    if (p->front_stage == FRONT_HANDSHAKE && error != NULL) {
+        /* A timeout or an EOF in the handshake goes without a line at this log level; anything else is
+         * the session's to log. */
+        int silent = PyErr_GivenExceptionMatches(error, PyExc_TimeoutError) ||
+                     (Py_IS_TYPE(error, (PyTypeObject *)PyExc_ConnectionResetError) &&
+                      (((PyOSErrorObject *)error)->myerrno == NULL || ((PyOSErrorObject *)error)->myerrno == Py_None));
+        Py_INCREF(error);
+        PyObject *cause = error;
+        p->tls_state = TLS_CLOSED;
+        timer_cancel(p->reactor, &p->tls_timer);
+        peer_flush(p); /* the fatal alert, if any */
+        front_end(p, silent ? "closed" : "failed", silent ? NULL : cause);
+        if (p->fd >= 0)
+            peer_do_close(p);
+        Py_DECREF(cause);
+        Py_DECREF(p);
+        return;
+    }
     if (p->tls_state != TLS_HANDSHAKE && p->error == NULL && error != NULL) {
         Py_INCREF(error);
         p->error = error;
@@ -1241,6 +1286,8 @@ tls_handshake_step(PeerObject *p)
         peer_flush(p);
         if (p->fd >= 0)
             resolve(&p->handshake_waiter, Py_True);
+        if (p->fd >= 0 && p->front_stage == FRONT_HANDSHAKE)
+            front_handshake_done(p);
         return;
     }
     int error = SSL_get_error(p->ssl, result);
@@ -1740,6 +1787,35 @@ Peer_set_deadline(PeerObject *p, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The connection becomes the server end of TLS; the handshake starts at the next tls_handshake_step. */
+static int
+tls_begin(PeerObject *p, unsigned long long context, double shutdown_timeout)
+{
+    SSL *ssl = SSL_new((SSL_CTX *)(uintptr_t)context);
+    if (ssl == NULL) {
+        ERR_clear_error();
+        PyErr_NoMemory();
+        return -1;
+    }
+    BIO *bio = BIO_new(peer_bio_method);
+    if (bio == NULL) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        PyErr_NoMemory();
+        return -1;
+    }
+    BIO_set_data(bio, p);
+    SSL_set_bio(ssl, bio, bio);
+    SSL_set_accept_state(ssl);
+    /* OpenSSL frees its record buffers while a connection is idle, as nginx asks too. */
+    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_read_ahead(ssl, 1);
+    p->ssl = ssl;
+    p->tls_state = TLS_HANDSHAKE;
+    p->shutdown_timeout = shutdown_timeout;
+    return 0;
+}
+
 static PyObject *
 Peer_start_tls(PeerObject *p, PyObject *args)
 {
@@ -1753,31 +1829,13 @@ Peer_start_tls(PeerObject *p, PyObject *args)
     }
     if (p->fd < 0 || (p->flags & P_LOST))
         return completed_future(p->reactor, Py_False);
-    SSL *ssl = SSL_new((SSL_CTX *)(uintptr_t)context);
-    if (ssl == NULL) {
-        ERR_clear_error();
-        return PyErr_NoMemory();
-    }
-    BIO *bio = BIO_new(peer_bio_method);
-    if (bio == NULL) {
-        SSL_free(ssl);
-        ERR_clear_error();
-        return PyErr_NoMemory();
-    }
-    BIO_set_data(bio, p);
-    SSL_set_bio(ssl, bio, bio);
-    SSL_set_accept_state(ssl);
-    /* OpenSSL frees its record buffers while a connection is idle, as nginx asks too. */
-    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
-    SSL_set_read_ahead(ssl, 1);
     PyObject *future = new_future(p->reactor);
-    if (future == NULL) {
-        SSL_free(ssl);
+    if (future == NULL)
+        return NULL;
+    if (tls_begin(p, context, shutdown_timeout) < 0) {
+        Py_DECREF(future);
         return NULL;
     }
-    p->ssl = ssl;
-    p->tls_state = TLS_HANDSHAKE;
-    p->shutdown_timeout = shutdown_timeout;
     Py_INCREF(future);
     p->handshake_waiter = future;
     timer_set(p->reactor, &p->tls_timer, monotonic_now() + timeout);
@@ -1785,6 +1843,110 @@ Peer_start_tls(PeerObject *p, PyObject *args)
     tls_handshake_step(p);
     Py_DECREF(p);
     return future;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The front of a session, before any Python: TLS handshake, the greeting, and the wait for the client's
+ * first command. A connection that ends before it sends one (a handshake-only client, a timeout) is
+ * closed here; otherwise callback(context, peer, stage, error) hands the session over once:
+ * "greeted" (the first input is buffered), "handshaken" (no greeting was given), "failed" (a handshake
+ * failure to log), "closed" (nothing for the session to do). The caller only asks for a front where
+ * these endings log nothing (nginx logs them at info). */
+
+static void
+front_greet(PeerObject *p)
+{
+    if (p->front_greeting == NULL || p->front_greeting == Py_None) {
+        front_end(p, "handshaken", NULL);
+        return;
+    }
+    peer_write(p, PyBytes_AS_STRING(p->front_greeting), (size_t)PyBytes_GET_SIZE(p->front_greeting));
+    if (p->fd < 0)
+        return;
+    p->front_stage = FRONT_WAITING;
+    timer_set(p->reactor, &p->deadline, monotonic_now() + p->front_wait);
+    /* input may be there already (it came with the client's Finished): read it when the pull loop runs */
+}
+
+static void
+front_handshake_done(PeerObject *p)
+{
+    front_greet(p);
+}
+
+static void
+front_end(PeerObject *p, const char *stage, PyObject *error)
+{
+    if (p->front_stage == FRONT_NONE)
+        return;
+    p->front_stage = FRONT_NONE;
+    Py_INCREF(p);
+    timer_cancel(p->reactor, &p->deadline);
+    p->flags &= ~P_EXPIRED;
+    PyObject *callback = p->front_callback, *context = p->front_context;
+    p->front_callback = p->front_context = NULL;
+    Py_CLEAR(p->front_greeting);
+    if (strcmp(stage, "closed") == 0 && p->fd >= 0)
+        Py_XDECREF(Peer_close(p, NULL));
+    if (callback != NULL) {
+        PyObject *result = PyObject_CallFunction(callback, "OOsO", context ? context : Py_None, p, stage,
+                                                 error ? error : Py_None);
+        if (result == NULL) {
+            PyErr_WriteUnraisable(callback);
+            if (p->fd >= 0)
+                Py_XDECREF(Peer_abort(p, NULL));
+        }
+        Py_XDECREF(result);
+    }
+    Py_XDECREF(callback);
+    Py_XDECREF(context);
+    Py_DECREF(p);
+}
+
+static PyObject *
+Peer_start_front(PeerObject *p, PyObject *args)
+{
+    unsigned long long context;
+    double handshake_timeout, shutdown_timeout, wait;
+    PyObject *greeting, *callback, *callback_context;
+    if (!PyArg_ParseTuple(args, "KddOdOO", &context, &handshake_timeout, &shutdown_timeout, &greeting, &wait,
+                          &callback, &callback_context))
+        return NULL;
+    if (greeting != Py_None && !PyBytes_Check(greeting))
+        return PyErr_Format(PyExc_TypeError, "the greeting is bytes or None");
+    if (p->front_stage != FRONT_NONE || p->tls_state != TLS_NONE || p->fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "no front for this connection");
+        return NULL;
+    }
+    Py_INCREF(greeting);
+    Py_INCREF(callback);
+    Py_INCREF(callback_context);
+    p->front_greeting = greeting;
+    p->front_callback = callback;
+    p->front_context = callback_context;
+    p->front_wait = wait;
+    Py_INCREF(p);
+    if (context) {
+        if (tls_begin(p, context, shutdown_timeout) < 0) {
+            p->front_stage = FRONT_NONE;
+            Py_CLEAR(p->front_greeting);
+            Py_CLEAR(p->front_callback);
+            Py_CLEAR(p->front_context);
+            Py_DECREF(p);
+            return NULL;
+        }
+        p->front_stage = FRONT_HANDSHAKE;
+        timer_set(p->reactor, &p->tls_timer, monotonic_now() + handshake_timeout);
+        tls_handshake_step(p);
+    }
+    else {
+        p->front_stage = FRONT_HANDSHAKE; /* so that front_greet can end it */
+        front_greet(p);
+    }
+    if (p->front_stage == FRONT_WAITING && p->fd >= 0)
+        peer_pull(p);
+    Py_DECREF(p);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -1955,6 +2117,9 @@ Peer_traverse(PeerObject *p, visitproc visit, void *arg)
     Py_VISIT(p->connect_waiter);
     Py_VISIT(p->handshake_waiter);
     Py_VISIT(p->error);
+    Py_VISIT(p->front_greeting);
+    Py_VISIT(p->front_callback);
+    Py_VISIT(p->front_context);
     return 0;
 }
 
@@ -1966,6 +2131,9 @@ Peer_clear(PeerObject *p)
     Py_CLEAR(p->connect_waiter);
     Py_CLEAR(p->handshake_waiter);
     Py_CLEAR(p->error);
+    Py_CLEAR(p->front_greeting);
+    Py_CLEAR(p->front_callback);
+    Py_CLEAR(p->front_context);
     return 0;
 }
 
@@ -2018,6 +2186,10 @@ static PyMethodDef Peer_methods[] = {
     {"start_tls", (PyCFunction)Peer_start_tls, METH_VARARGS,
      "start_tls(ssl_ctx_address, timeout, shutdown_timeout): be the server end of TLS; a future: True "
      "once the handshake is done, False when the connection closed meanwhile; raises the failure."},
+    {"start_front", (PyCFunction)Peer_start_front, METH_VARARGS,
+     "start_front(ssl_ctx or 0, handshake_timeout, shutdown_timeout, greeting or None, wait, callback, "
+     "context): run the session's front here (TLS handshake, greeting, wait for the first command) and "
+     "call callback(context, peer, stage, error) once: stage 'greeted', 'handshaken', 'failed' or 'closed'."},
     {"close", (PyCFunction)Peer_close, METH_NOARGS,
      "Close after the pending output is sent (over TLS: with close_notify, waiting shutdown_timeout for "
      "the client's)."},

@@ -65,7 +65,8 @@ def test_reload_under_load_finishes_old_sessions_intact_and_serves_new_ones_on_t
         mailgate.conf_file.write_text(_conf(routed_auth, open_prefix, port, "GEN2"))
         _signal_through_pid_file(mailgate, "reload")
         wait_for_log(mailgate.error_log, r"gracefully shutting down$", count=len(old_workers))
-        served_before = len(connecting.capabilities)
+        # The one session in flight now may have been accepted by an old worker before it stopped.
+        served_before = len(connecting.capabilities) + 1
         connecting.wait_sessions(10)
         for relay in relays:
             relay.wait_round_trips(50)  # the old sessions still relay, through the old workers

@@ -185,6 +185,12 @@ class PreAuthEngine(ABC):
     def greeting(self) -> bytes:
         """The first line the client gets (over TLS with `listen ... ssl`)."""
 
+    @property
+    def greeting_is_constant(self) -> bool:
+        """Every session of this server gets the same greeting, sent before anything else happens (no
+        salt in it, no resolver lookup or delay before it): it can be sent before the engine exists."""
+        return False
+
     @abstractmethod
     def auth_failed(self, text: bytes, smtp_code: bytes | None) -> bytes:
         """The client's rejection line for `Auth-Status: text`; the engine is back in its initial state.

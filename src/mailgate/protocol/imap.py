@@ -367,6 +367,10 @@ class ImapPreAuth(PreAuthEngine):
     def greeting(self) -> bytes:
         return b"* OK IMAP4 ready\r\n"
 
+    @property
+    def greeting_is_constant(self) -> bool:
+        return True
+
     def auth_failed(self, text: bytes, smtp_code: bytes | None = None) -> bytes:
         line = (self._parser.tag or _UNTAGGED) + b"NO " + text + b"\r\n"
         self._parser.forget_tag()

@@ -108,6 +108,10 @@ class Pop3PreAuth(PreAuthEngine):
         self._user: bytes | None = None  # set between USER and PASS
         self._lines = _LINES(server)
 
+    @property
+    def greeting_is_constant(self) -> bool:
+        return not self._salted
+
     def greeting(self) -> bytes:
         if self._salted:
             return b"+OK POP3 ready " + self._session_salt() + b"\r\n"

@@ -56,11 +56,19 @@ CLIENT_TIMED_OUT = "client timed out (110: Connection timed out)"
 # Errors nginx only learns at its first recv() on the upstream, as its connect() does not block.
 _ASYNC_CONNECT_ERRORS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ECONNRESET})
 
-_ENGINES: dict[Protocol, Callable[..., PreAuthEngine]] = {
+ENGINES: dict[Protocol, Callable[..., PreAuthEngine]] = {
     Protocol.IMAP: ImapPreAuth,
     Protocol.POP3: Pop3PreAuth,
     Protocol.SMTP: SmtpPreAuth,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEnd:
+    """How the front of a session, run in C before the session exists (`Peer.start_front`), ended."""
+
+    stage: str  # "greeted": greeting sent, first input buffered; "handshaken": no greeting; "failed"
+    error: BaseException | None = None  # the handshake failure, for "failed"
 
 
 class _SessionEndedError(Exception):
@@ -129,6 +137,7 @@ class Session:
         "client",
         "client_address",
         "connection",
+        "front",
         "listen",
         "log",
         "login",
@@ -151,8 +160,11 @@ class Session:
         client: Peer,
         peer_address: object,
         connection: int,
+        *,
+        front: FrontEnd | None = None,
     ) -> None:
         self.runtime = runtime
+        self.front = front
         self.server = runtime.server
         self.listen = listen
         self.client = client
@@ -246,20 +258,26 @@ class Session:
         if self.listen.proxy_protocol:
             self.action = "reading PROXY protocol"
             await self._read_proxy_header(client, deadline)
+        front = self.front
         if self.listen.ssl:
             self.action = "SSL handshaking"
-            await self._handshake(client, deadline)
+            if front is None:
+                await self._handshake(client, deadline)
+            elif front.error is not None:
+                self._handshake_failed(front.error)
             self.record.tls_mode = "implicit"
             await self._check_client_certificate(client)
         self.action = None
         client_host = UNAVAILABLE
         if self.server.protocol is Protocol.SMTP:
             client_host = await self._smtp_client_host()
-        engine = _ENGINES[self.server.protocol](self.server, tls_active=self.listen.ssl)
+        engine = ENGINES[self.server.protocol](self.server, tls_active=self.listen.ssl)
         if self.server.protocol is Protocol.SMTP and self.server.smtp.greeting_delay > 0:
             await self._greeting_delay(client, engine)
         self.action = "sending client greeting line"
-        client.write(engine.greeting())
+        greeting = engine.greeting()
+        if front is None or front.stage != "greeted":
+            client.write(greeting)
         backend, credentials = await self._pre_auth(client, engine, client_host)
         self.action = None  # nginx names no action for the login and the end of the relay
         self._log(LogLevel.INFO, "client logged in")

@@ -29,14 +29,17 @@ import uvloop
 from mailgate import tls as mailgate_tls
 from mailgate._io import Listener, shared_increment
 from mailgate.auth.client_host import ClientHostResolver
-from mailgate.config.model import LogLevel
+from mailgate.config.model import LogLevel, Protocol, VerifyClient
 from mailgate.log import ErrorLog, route_python_logger
 from mailgate.proxy.relay import Peer, reactor_of
 from mailgate.server.generation import Generation, servers_of
 from mailgate.server.listeners import Endpoint, ListenerPlan
-from mailgate.server.session import ServerRuntime, Session
+from mailgate.server.session import ENGINES, FrontEnd, ServerRuntime, Session
 
-SessionRunner = Callable[[Endpoint, Peer, Any, int], Coroutine[Any, Any, None]]
+SessionRunner = Callable[[Endpoint, Peer, Any, int, FrontEnd | None], Coroutine[Any, Any, None]]
+# The arguments of Peer.start_front for one endpoint, but the callback and its context; None: no front.
+FrontArguments = tuple[int, float, float, bytes | None, float]
+
 
 # Signals the master handles itself; blocked in the master, and in a new worker until its handlers are set.
 PROCESS_SIGNALS = frozenset(
@@ -92,8 +95,12 @@ class Acceptor:
         worker_connections: int,
         multi_accept: bool,
         connection_numbers: Callable[[], int],
+        front_for: Callable[[Endpoint], FrontArguments | None] = lambda endpoint: None,
     ) -> None:
         self._run_session = run_session
+        self._front_for = front_for
+        self._fronts: dict[int, FrontArguments | None] = {}
+        self._front_peers: set[Peer] = set()
         self._error_log = error_log
         self._limit = max(1, worker_connections)
         self._connection_numbers = connection_numbers
@@ -114,6 +121,11 @@ class Acceptor:
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
+
+    @property
+    def fronts_running(self) -> int:
+        """Connections whose front (Peer.start_front) still runs: no session has them yet."""
+        return len(self._front_peers)
 
     def start(self) -> None:
         self._stopped = False
@@ -140,8 +152,14 @@ class Acceptor:
         await self._all_done.wait()
 
     def cancel_sessions(self) -> None:
+        self.abort_fronts()
         for task in list(self._sessions):
             task.cancel()
+
+    def abort_fronts(self) -> None:
+        """End the connections whose front still runs (no session has them yet)."""
+        for peer in list(self._front_peers):
+            peer.abort()
 
     def _accepted(self, plan: ListenerPlan, peer: Peer | None, address: Any) -> bool:
         """One connection accepted (or accept() failed: `address` is the error); whether to accept more."""
@@ -149,16 +167,38 @@ class Acceptor:
             self._accept_failed(address)
             return bool(address.errno == errno.ECONNABORTED)
         endpoint = plan.route(peer.getsockname()) if plan.specific else plan.endpoint
-        task = self._loop.create_task(self._run_session(endpoint, peer, address, self._connection_numbers()))
-        self._sessions.add(task)
+        number = self._connection_numbers()
+        key = id(endpoint)
+        if key not in self._fronts:
+            self._fronts[key] = self._front_for(endpoint)
+        front = self._fronts[key]
         self._all_done.clear()
-        task.add_done_callback(self._session_done)
-        if len(self._sessions) < self._limit:
+        if front is None:
+            self._start_session(endpoint, peer, address, number, None)
+        else:
+            self._front_peers.add(peer)
+            peer.start_front(*front, self._front_done, (endpoint, address, number))
+        if len(self._sessions) + len(self._front_peers) < self._limit:
             return True
         if self._readers_installed:
             self._error_log.log(LogLevel.ALERT, f"{self._limit} worker_connections are not enough")
             self._remove_readers()  # until a session ends
         return False
+
+    def _start_session(
+        self, endpoint: Endpoint, peer: Peer, address: Any, number: int, front: FrontEnd | None
+    ) -> None:
+        task = self._loop.create_task(self._run_session(endpoint, peer, address, number, front))
+        self._sessions.add(task)
+        task.add_done_callback(self._session_done)
+
+    def _front_done(self, context: tuple[Endpoint, Any, int], peer: Peer, stage: str, error: Any) -> None:
+        self._front_peers.discard(peer)
+        if stage != "closed":
+            endpoint, address, number = context
+            self._start_session(endpoint, peer, address, number, FrontEnd(stage, error))
+        else:
+            self._slot_freed()
 
     def _accept_failed(self, error: OSError) -> None:
         level = LogLevel.ERROR if error.errno == errno.ECONNABORTED else LogLevel.ALERT
@@ -179,9 +219,12 @@ class Acceptor:
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             self._error_log.log(LogLevel.ALERT, f"session failed unexpectedly: {error!r}")
-        if not self._sessions:
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if not self._sessions and not self._front_peers:
             self._all_done.set()
-        if len(self._sessions) < self._limit:
+        if len(self._sessions) + len(self._front_peers) < self._limit:
             self._install_readers()
 
 
@@ -210,11 +253,39 @@ class Worker:
             worker_connections=self.config.main.events.worker_connections,
             multi_accept=self.config.main.events.multi_accept,
             connection_numbers=connection_numbers,
+            front_for=self.front_for,
         )
 
-    async def _run_session(self, endpoint: Endpoint, peer: Peer, address: Any, connection: int) -> None:
+    def front_for(self, endpoint: Endpoint) -> FrontArguments | None:
+        """What the front of this endpoint's sessions can do in C before the session exists, or None.
+
+        A front only runs where its quiet endings (a client that closes or times out before its first
+        command) log nothing: error_log above info and no session log. It greets when the greeting is
+        the same for every session and nothing has to happen before it (client certificate checks, the
+        SMTP client host lookup); with TLS it runs the handshake either way.
+        """
         runtime = self.runtimes[id(endpoint.server)]
-        session = Session(runtime, endpoint.listen, peer, address, connection)
+        listen, server = endpoint.listen, endpoint.server
+        if listen.proxy_protocol or runtime.session_log or runtime.error_log.enabled(LogLevel.INFO):
+            return None
+        greeting: bytes | None = None
+        if server.protocol is not Protocol.SMTP and not (
+            listen.ssl and server.ssl.verify_client is not VerifyClient.OFF
+        ):
+            engine = ENGINES[server.protocol](server, tls_active=listen.ssl)
+            if engine.greeting_is_constant:
+                greeting = engine.greeting()
+        if not listen.ssl and greeting is None:
+            return None  # nothing to do before the session
+        ssl_ctx = runtime.tls.ssl_ctx if listen.ssl and runtime.tls is not None else 0
+        timeout = server.core.timeout
+        return (ssl_ctx, timeout, mailgate_tls.SHUTDOWN_TIMEOUT, greeting, timeout)
+
+    async def _run_session(
+        self, endpoint: Endpoint, peer: Peer, address: Any, connection: int, front: FrontEnd | None
+    ) -> None:
+        runtime = self.runtimes[id(endpoint.server)]
+        session = Session(runtime, endpoint.listen, peer, address, connection, front=front)
         self.sessions.add(session)
         try:
             await session.run()
@@ -234,10 +305,11 @@ class Worker:
         """Stop accepting; let sessions finish (graceful) until `timeout` (None: however long they take),
         then end them: relays log nginx's `shutdown timeout`, a fast stop ends them without a word."""
         self.acceptor.stop()
-        if graceful and self.sessions:
+        if graceful and (self.sessions or self.acceptor.fronts_running):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.acceptor.wait_sessions()
+        self.acceptor.abort_fronts()
         for session in list(self.sessions):
             session.stop("shutdown timeout" if graceful else "worker exiting")
         if self.sessions:
