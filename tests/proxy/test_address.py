@@ -114,3 +114,17 @@ def test_socket_address_texts() -> None:
 def test_socket_address_refuses_invalid_values(family: socket.AddressFamily, host: str, port: int) -> None:
     with pytest.raises(ValueError, match="invalid"):
         SocketAddress(family, host, port)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.255", "0.0.0.0", "255.255.255.254", "192.168.1.10"])
+def test_an_ipv4_address_from_the_kernel_is_the_same_as_one_normalised(host: str) -> None:
+    import socket
+
+    from mailgate.proxy.address import SocketAddress
+
+    assert SocketAddress.from_sockname(socket.AF_INET, (host, 143)) == SocketAddress(
+        socket.AF_INET, host, 143
+    )
+    assert str(SocketAddress.from_sockname(socket.AF_INET, (host, 143))) == str(
+        SocketAddress(socket.AF_INET, host, 143)
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from mailgate.auth.request import AuthAttempt, AuthRequestRefusedError, build_auth_request
@@ -23,24 +24,29 @@ from mailgate.auth.response import (
     Retry,
 )
 from mailgate.config.model import AuthHttpUrl, ServerConfig
-from mailgate.proxy.relay import Peer, reactor_of
+from mailgate.proxy.relay import Peer, Reactor, reactor_of
 
 # nginx keeps re-asking on WAIT for as long as the auth server says so; we stop after this many re-queries.
 MAX_WAIT_RETRIES = 10
 _TIMED_OUT = f"{errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)}"
 
 
-async def query_auth_http(server: ServerConfig, attempt: AuthAttempt) -> AuthDecision:
-    """Send one auth request and read the decision; the whole exchange is bounded by `auth_http_timeout`."""
+async def query_auth_http(
+    server: ServerConfig, attempt: AuthAttempt, *, reactor: Reactor | None = None
+) -> AuthDecision:
+    """Send one auth request and read the decision; the whole exchange is bounded by `auth_http_timeout`.
+    The connection is on `reactor` (by default the running loop's)."""
     settings = server.auth_http
     try:
         request = build_auth_request(server, attempt)
     except AuthRequestRefusedError as refused:
         return InternalError(str(refused))
     reader = AuthResponseReader(settings.url.text, server.protocol, attempt.credentials)
-    loop = asyncio.get_running_loop()
+    if reactor is None:
+        reactor = reactor_of(asyncio.get_running_loop())
     try:
-        return await _exchange(server, request, reader, loop.time() + settings.timeout)
+        # time.monotonic() is the event loop's clock, without get_running_loop()'s getpid() call
+        return await _exchange(server, request, reader, reactor, time.monotonic() + settings.timeout)
     except TimeoutError:
         return InternalError(f"auth http server {settings.url.text} timed out ({_TIMED_OUT})")
 
@@ -51,6 +57,7 @@ async def authenticate(
     *,
     max_wait_retries: int = MAX_WAIT_RETRIES,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    reactor: Reactor | None = None,
 ) -> Backend | Reject | InternalError:
     """Ask the auth server, following WAIT replies: sleep `Auth-Wait` seconds, then ask again (same attempt).
 
@@ -61,7 +68,7 @@ async def authenticate(
     slept = 0.0
     retries = 0
     while True:
-        decision = await query_auth_http(server, attempt)
+        decision = await query_auth_http(server, attempt, reactor=reactor)
         if not isinstance(decision, Retry):
             return decision
         peer = server.auth_http.url.text
@@ -77,13 +84,13 @@ async def authenticate(
 
 
 async def _exchange(
-    server: ServerConfig, request: bytes, reader: AuthResponseReader, deadline: float
+    server: ServerConfig, request: bytes, reader: AuthResponseReader, reactor: Reactor, deadline: float
 ) -> AuthDecision:
     """One auth connection: the request once connected, then the reply fed to the reader until it decides
     or the connection ends. TimeoutError past `deadline`."""
     url = server.auth_http.url
     try:
-        peer = Peer.connect(reactor_of(asyncio.get_running_loop()), url.family, url.host, url.port)
+        peer = Peer.connect(reactor, url.family, url.host, url.port)
     except OSError as error:
         return _connect_failed(url, error)
     try:

@@ -183,6 +183,10 @@ class SocketAddress:
     @classmethod
     def from_sockname(cls, family: socket.AddressFamily, sockname: object) -> SocketAddress:
         """From `socket.getpeername()` / `getsockname()` (or asyncio's `peername` / `sockname`)."""
+        if family is socket.AF_INET and type(sockname) is tuple and len(sockname) == 2:
+            host, port = sockname
+            if type(host) is str and type(port) is int and 0 <= port <= 65535:
+                return cls._from_kernel(family, host, port)
         if family is socket.AF_UNIX:
             path = os.fsdecode(sockname) if isinstance(sockname, str | bytes) else ""
             return cls(family, path)
@@ -191,6 +195,15 @@ class SocketAddress:
             if isinstance(host, str) and isinstance(port, int):
                 return cls(family, host, port)
         raise ValueError(f"not a socket address: {sockname!r}")
+
+    @classmethod
+    def _from_kernel(cls, family: socket.AddressFamily, host: str, port: int) -> SocketAddress:
+        """An IPv4 address as the kernel's inet_ntop wrote it: already in nginx's text form."""
+        address = object.__new__(cls)
+        object.__setattr__(address, "family", family)
+        object.__setattr__(address, "host", host)
+        object.__setattr__(address, "port", port)
+        return address
 
     @classmethod
     def from_packed(cls, packed: bytes, port: int) -> SocketAddress:

@@ -84,6 +84,7 @@ class ServerRuntime:
     error_log: ErrorLog
     client_host_resolver: ClientHostResolver
     reactor: Reactor  # the worker's: every connection of its sessions
+    loop: asyncio.AbstractEventLoop  # the worker's (asyncio.get_running_loop() costs a getpid() in 3.11)
     session_log: bool = False  # the server writes a session log (which reports TLS facts)
 
 
@@ -169,7 +170,7 @@ class Session:
         self.listen = listen
         self.client = client
         self.connection = connection
-        self.loop = asyncio.get_running_loop()
+        self.loop = runtime.loop
         self.log = runtime.error_log
         # The listening socket's family (sock.family converts to an enum on every read).
         self.peer_address = SocketAddress.from_sockname(listen.family, peer_address)
@@ -512,7 +513,7 @@ class Session:
             proxy_protocol=self.proxy_header,
             tls=self._tls_facts(),
         )
-        decision = await authenticate(self.server, request)
+        decision = await authenticate(self.server, request, reactor=self.runtime.reactor)
         if isinstance(decision, InternalError):
             self._log(decision.level, decision.message)
             self.record.auth_result = "auth service error"

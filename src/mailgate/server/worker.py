@@ -236,13 +236,15 @@ class Worker:
         self.config = generation.config
         self.main_log = generation.main_log
         self.runtimes: dict[int, ServerRuntime] = {}
+        loop = asyncio.get_running_loop()
         for server in servers_of(self.config):
             self.runtimes[id(server)] = ServerRuntime(
                 server=server,
                 tls=generation.tls.get(id(server)),
                 error_log=generation.error_log_for(server),
                 client_host_resolver=ClientHostResolver(server.core),
-                reactor=reactor_of(asyncio.get_running_loop()),
+                reactor=reactor_of(loop),
+                loop=loop,
                 session_log=generation.session_log_for(server) is not None,
             )
         self.sessions: set[Session] = set()
