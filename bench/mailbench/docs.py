@@ -68,8 +68,9 @@ def render(record: RunRecord, charted: bool) -> str:
         parts += [
             "py-spy sampled mailgate's workers (`--subprocesses --nonblocking`) while the load generator ran",
             "the scenario. A sample is charged to the innermost Python frame, C code it calls included:",
-            "`Runner.run` is the event loop itself (uvloop's C and Cython code, its SSL protocol and the",
-            "system calls it makes). The table's kernel column gives the kernel's share of each session.",
+            "`Runner.run` is the event loop itself: uvloop's code and mailgate's C layer (`mailgate/_io.c`:",
+            "sockets, TLS, the relay, the front of sessions) with the libssl and system calls it makes. The",
+            "table's kernel column gives the kernel's share of each session.",
             "",
         ]
         for found in record.profiles:

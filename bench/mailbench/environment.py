@@ -23,8 +23,8 @@ PORT_OFFSETS = {
     "imaps_bigbuf": 6,  # implicit TLS, ECDSA, proxy_buffer equal to mailgate's read size
 }
 
-# mailgate relays through uvloop, whose socket reads take up to 256,000 bytes (UV_STREAM_RECV_BUF_SIZE) and
-# whose TLS reads up to 256 KiB; nginx's proxy_buffer defaults to one page (4 KiB).
+# mailgate's relay (mailgate/_io.c) reads up to 256 KiB per recv(); nginx's proxy_buffer defaults to one
+# page (4 KiB).
 EQUAL_PROXY_BUFFER = "256k"
 
 # nginx 1.22's mail module offers only TLSv1 to TLSv1.2 by default (TLSv1.3 joined the default in 1.23.4), so

@@ -25,6 +25,7 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
     ("nginx's own code", re.compile(r"^nginx$|^ngx_.*\.so$")),
     ("Python interpreter (libpython)", re.compile(r"^libpython")),
     ("event loop (uvloop, libuv)", re.compile(r"^loop\.cpython")),
+    ("mailgate's C layer (_io: sockets, TLS calls, relay)", re.compile(r"^_io\.cpython")),
     ("CPython extension modules (_ssl, _asyncio, _socket, ctypes, libffi)", re.compile(r"cpython|^libffi")),
 ]
 OTHER = "other"

@@ -117,7 +117,7 @@ def _area(frame: str) -> str:
     function, path = _parts(frame)
     name = path.rsplit("/", 1)[-1]
     if function == "Runner.run":
-        return "event loop: uvloop's C code, its TLS transport, system calls"
+        return "event loop: uvloop and mailgate's C layer (sockets, TLS, relay), system calls"
     if _is_python(frame):
         inside = _short(frame)[len(function) + 2 : -1]
         if inside.startswith("mailgate/"):
