@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from mailgate.config.model import ImapAuth, ImapSettings, Protocol, StartTls
 from mailgate.protocol.credentials import AuthMethod, Credentials
@@ -566,3 +568,49 @@ def test_log_message_escapes_non_utf8_bytes_but_raw_keeps_them() -> None:
     ]
     assert log.raw == b'client sent too long command "a\xff\xfebcdef"'
     assert log.message == 'client sent too long command "a\\xff\\xfebcdef"'
+
+
+_TAGS = st.sampled_from([b"a", b"A1", b"x.y_z-", b"a" * 32, b"a" * 33, b"*", b"", b"a{1}"])
+_SPACES = st.sampled_from([b" ", b"  ", b"", b"\t"])
+_COMMANDS = st.sampled_from(
+    [b"LOGIN", b"login", b"NOOP", b"Capability", b"LOGOUT", b"STARTTLS", b"FOO", b"LOG1N"]
+)
+_ARGUMENTS = st.sampled_from(
+    [b"user", b'"u s"', b'""', b'"a\\b"', b"{3}", b"{0+}", b'ab"c', b'"x"y', b"\x00\xff", b"p{a}ss", b'"q'],
+)
+_ENDS = st.sampled_from([b"\r\n", b"\n", b" \r\n", b"\r", b"", b"\rx\n"])
+_LINES = st.builds(
+    lambda tag, space, command, arguments, end: tag + space + command + b"".join(arguments) + end,
+    _TAGS,
+    _SPACES,
+    _COMMANDS,
+    st.lists(
+        st.tuples(st.sampled_from([b" ", b" ", b" ", b"  ", b""]), _ARGUMENTS).map(b"".join), max_size=5
+    ),
+    _ENDS,
+)
+
+
+@given(_LINES)
+@example(b"a LOGIN one two three four\r\n")
+@example(b"a LOGIN one two three\r\n")
+@example(b'a1 login "u s" ""  \n')
+@example(b"a" * 33 + b" NOOP\r\n")
+@example(b"a" * 32 + b" NOOP\r\n")
+@example(b"a AUTHENTICATE PLAIN\r\n")
+@example(b"a LOGIN {3}\r\n")
+@example(b'a LOGIN "x"y z\r\n')
+@example(b'a LOGIN "x\\\\y" z\r\n')
+def test_plain_command_lines_read_by_expression_give_what_the_state_machine_gives(line: bytes) -> None:
+    from mailgate.protocol.engine import ClientBuffer
+    from mailgate.protocol.imap import ImapParser
+
+    results = []
+    for by_state in (False, True):
+        buffer = ClientBuffer(4096)
+        buffer.feed(line)
+        buffer.fill()
+        parser = ImapParser()
+        result = parser._parse_by_state(buffer) if by_state else parser.parse(buffer)
+        results.append((result, buffer.pos, parser.tag, parser.command, parser.args, parser.state))
+    assert results[0] == results[1]

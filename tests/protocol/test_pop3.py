@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from mailgate.config.model import Pop3Auth, Pop3Settings, Protocol, StartTls
 from mailgate.protocol.credentials import AuthMethod, Credentials
@@ -289,3 +293,54 @@ def test_auth_plain_with_a_line_break_in_login_or_password_is_refused(decoded: b
     events = session().send(b"AUTH PLAIN " + base64.b64encode(decoded) + b"\r\n")
     assert replies(events) == b"-ERR invalid command\r\n"
     assert credentials(events) == []
+
+
+_VERB_LINES = st.builds(
+    lambda verb, arguments, end: verb + b"".join(arguments) + end,
+    st.sampled_from(
+        [b"USER", b"pass", b"QUIT", b"capa", b"EHLO", b"MAIL", b"RCPT", b"AUTH", b"X1", b"", b"NOPE"]
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from([b" ", b" ", b"  ", b"", b"\t"]),
+            st.sampled_from([b"bob", b"a b", b"FROM:<x@y>", b" ", b"\x00", b"x" * 20, b"\t"]),
+        ).map(b"".join),
+        max_size=13,
+    ),
+    st.sampled_from([b"\r\n", b"\n", b"  \r\n", b"\r", b"", b"\rx\n"]),
+)
+
+
+@given(_VERB_LINES)
+@example(b"USER  bob smith  \r\n")
+@example(b"RETR 1 2 3 4\r\n")
+@example(b"MAIL FROM:<a@b>  SIZE=10 \r\n")
+@example(b"AUTH PLAIN\r\n")
+@example(b"QUIT\tx\r\n")
+def test_command_lines_read_by_expression_give_what_the_state_machine_gives(line: bytes) -> None:
+    from mailgate.protocol import pop3, smtp
+    from mailgate.protocol.engine import ClientBuffer, VerbParser
+
+    parsers: list[Callable[[], VerbParser[Any]]] = [
+        lambda: VerbParser(
+            pop3._VERBS,
+            max_arguments=pop3._MAX_ARGUMENTS,
+            continued_by=pop3.Pop3Command.AUTH,
+            keeps_spaces=pop3._KEEPS_SPACES,
+        ),
+        lambda: VerbParser(
+            smtp._VERBS, max_arguments=smtp._MAX_ARGUMENTS, continued_by=smtp.SmtpCommand.AUTH
+        ),
+    ]
+    for make in parsers:
+        results = []
+        for by_state in (False, True):
+            buffer = ClientBuffer(4096)
+            buffer.feed(line)
+            buffer.fill()
+            parser = make()
+            result = parser._parse_by_state(buffer) if by_state else parser.parse(buffer)
+            results.append(
+                (result, buffer.pos, parser.command, parser.args, parser.state, parser.command_text(buffer))
+            )
+        assert results[0] == results[1]

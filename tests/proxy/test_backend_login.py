@@ -682,3 +682,13 @@ def test_any_chunking_of_a_whole_dialogue_gives_the_same_events(kind: str, data:
         for start, end in itertools.pairwise(bounds):
             events += engine.receive_data(reply[start:end])
         assert events == [expected]
+
+
+@given(st.binary(max_size=40))
+def test_xtext_encodes_every_special_byte_and_nothing_else(value: bytes) -> None:
+    from mailgate.proxy.backend_login import xtext
+
+    expected = b"".join(
+        b"+%02X" % byte if byte <= 0x20 or byte >= 0x7F or byte in b"+=" else bytes([byte]) for byte in value
+    )
+    assert xtext(value) == expected

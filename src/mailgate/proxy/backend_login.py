@@ -21,6 +21,7 @@ import base64
 import errno
 import ipaddress
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
@@ -280,8 +281,13 @@ class ImapBackendLogin(BackendLogin):
         return _Rejected(position)
 
 
+_XTEXT_SPECIAL = re.compile(rb"[\x00-\x20+=\x7f-\xff]")
+
+
 def xtext(value: bytes) -> bytes:
     """RFC 3461 xtext, as nginx encodes XCLIENT LOGIN=: 0x00-0x20, `+`, `=` and 0x7F-0xFF become `+XX`."""
+    if _XTEXT_SPECIAL.search(value) is None:
+        return value
     return b"".join(
         b"+%02X" % byte if byte <= 0x20 or byte >= 0x7F or byte in b"+=" else bytes([byte]) for byte in value
     )
