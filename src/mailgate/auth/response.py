@@ -269,7 +269,7 @@ def _header_fields_by_state(data: bytes, position: int) -> list[tuple[bytes, byt
 
 def _atoi(value: bytes) -> int | None:
     """nginx's ngx_atoi: decimal digits only, non-empty, no overflow."""
-    if not value or not all(0x30 <= byte <= 0x39 for byte in value):
+    if not value.isdigit():  # ASCII digits only, and False for b""
         return None
     number = int(value)
     return number if number <= _MAX_ATOI else None

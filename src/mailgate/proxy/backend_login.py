@@ -132,6 +132,10 @@ class BackendLogin(ABC):
         self.action = UpstreamAction.READING_RESPONSE
         if not data:
             return [self.fail(LogLevel.ERROR, None)]
+        if not self._buffer and len(data) <= self._capacity:  # a whole reply in one read, as usual
+            self._buffer += data
+            event = self._judge_buffer(b"")
+            return [] if event is None else [event]
         events: list[BackendLoginEvent] = []
         remaining = data
         while remaining:
