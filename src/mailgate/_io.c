@@ -275,46 +275,44 @@ future_done(PyObject *future)
     return result != 0;
 }
 
-/* Resolve and release *slot (steals nothing; `value` is borrowed). */
+/* Settle and release *slot with `method` (set_result or set_exception) and `value` (borrowed), unless its
+ * waiter is gone (a cancelled future). */
 static void
-resolve(PyObject **slot, PyObject *value)
+settle(PyObject **slot, PyObject *method, PyObject *value)
 {
     PyObject *future = *slot;
     if (future == NULL)
         return;
     *slot = NULL;
     if (!future_done(future)) {
-        PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, value);
+        PyObject *r = PyObject_CallMethodOneArg(future, method, value);
         if (r == NULL)
             PyErr_WriteUnraisable(future);
         Py_XDECREF(r);
     }
     Py_DECREF(future);
+}
+
+static void
+resolve(PyObject **slot, PyObject *value)
+{
+    settle(slot, str_set_result, value);
 }
 
 static void
 fail(PyObject **slot, PyObject *exception)
 {
-    PyObject *future = *slot;
-    if (future == NULL)
-        return;
-    *slot = NULL;
-    if (!future_done(future)) {
-        PyObject *r = PyObject_CallMethodOneArg(future, str_set_exception, exception);
-        if (r == NULL)
-            PyErr_WriteUnraisable(future);
-        Py_XDECREF(r);
-    }
-    Py_DECREF(future);
+    settle(slot, str_set_exception, exception);
 }
 
+/* A new future, settled already with `method` and `value` (borrowed). */
 static PyObject *
-completed_future(ReactorObject *reactor, PyObject *value)
+settled_future(ReactorObject *reactor, PyObject *method, PyObject *value)
 {
     PyObject *future = new_future(reactor);
     if (future == NULL)
         return NULL;
-    PyObject *r = PyObject_CallMethodOneArg(future, str_set_result, value);
+    PyObject *r = PyObject_CallMethodOneArg(future, method, value);
     if (r == NULL) {
         Py_DECREF(future);
         return NULL;
@@ -324,17 +322,19 @@ completed_future(ReactorObject *reactor, PyObject *value)
 }
 
 static PyObject *
+completed_future(ReactorObject *reactor, PyObject *value)
+{
+    return settled_future(reactor, str_set_result, value);
+}
+
+/* A future failed with `exception`, a new reference this takes (NULL: the error already set). */
+static PyObject *
 failed_future(ReactorObject *reactor, PyObject *exception)
 {
-    PyObject *future = new_future(reactor);
-    if (future == NULL)
+    if (exception == NULL)
         return NULL;
-    PyObject *r = PyObject_CallMethodOneArg(future, str_set_exception, exception);
-    if (r == NULL) {
-        Py_DECREF(future);
-        return NULL;
-    }
-    Py_DECREF(r);
+    PyObject *future = settled_future(reactor, str_set_exception, exception);
+    Py_DECREF(exception);
     return future;
 }
 
@@ -1639,22 +1639,12 @@ Peer_connected(PeerObject *p, PyObject *unused)
         return NULL;
     }
     if (p->flags & P_LOST) {
-        PyObject *e = p->error ? (Py_INCREF(p->error), p->error) : os_error(ECONNRESET);
-        if (e == NULL)
-            return NULL;
-        PyObject *f = failed_future(p->reactor, e);
-        Py_DECREF(e);
-        return f;
+        return failed_future(p->reactor, p->error ? (Py_INCREF(p->error), p->error) : os_error(ECONNRESET));
     }
     if (!(p->flags & P_CONNECTING))
         return completed_future(p->reactor, Py_None);
     if (p->flags & P_EXPIRED) {
-        PyObject *e = exception0(PyExc_TimeoutError);
-        if (e == NULL)
-            return NULL;
-        PyObject *f = failed_future(p->reactor, e);
-        Py_DECREF(e);
-        return f;
+        return failed_future(p->reactor, exception0(PyExc_TimeoutError));
     }
     PyObject *future = new_future(p->reactor);
     if (future == NULL)
@@ -1741,22 +1731,12 @@ static PyObject *
 Peer_drain(PeerObject *p, PyObject *unused)
 {
     if (p->flags & P_LOST) {
-        PyObject *e = exception1(PyExc_ConnectionResetError, "connection lost");
-        if (e == NULL)
-            return NULL;
-        PyObject *f = failed_future(p->reactor, e);
-        Py_DECREF(e);
-        return f;
+        return failed_future(p->reactor, exception1(PyExc_ConnectionResetError, "connection lost"));
     }
     if (p->out.len == 0 && p->backlog.len == 0)
         return completed_future(p->reactor, Py_None);
     if (p->flags & P_EXPIRED) {
-        PyObject *e = exception0(PyExc_TimeoutError);
-        if (e == NULL)
-            return NULL;
-        PyObject *f = failed_future(p->reactor, e);
-        Py_DECREF(e);
-        return f;
+        return failed_future(p->reactor, exception0(PyExc_TimeoutError));
     }
     if (p->drain_waiter != NULL && future_done(p->drain_waiter))
         Py_CLEAR(p->drain_waiter);

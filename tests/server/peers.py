@@ -7,6 +7,8 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import uvloop
+
 from mailgate.proxy.relay import Peer, reactor_of
 
 PeerHandler = Callable[[Peer], Coroutine[Any, Any, None]]
@@ -39,6 +41,12 @@ async def connect_peer(port: int) -> Peer:
     peer = Peer.connect(reactor_of(asyncio.get_running_loop()), socket.AF_INET, "127.0.0.1", port)
     await peer.connected()
     return peer
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a test's coroutine on uvloop, as workers run sessions, within a minute."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(coro, 60))
 
 
 async def wait_for(predicate: Callable[[], bool]) -> None:

@@ -8,37 +8,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any
-
-import pytest
-import trustme
-import uvloop
 
 from mailgate.proxy.relay import Peer, Relay
 from mailgate.tls.libssl import ssl_ctx_of
-from tests.server.peers import PeerHandler, PeerServer, connect_peer, wait_for
-
-
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server, client) contexts for `localhost`."""
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost")
-    directory = Path(tmp_path_factory.mktemp("pki"))
-    leaf.cert_chain_pems[0].write_to_path(directory / "cert.pem")
-    leaf.private_key_pem.write_to_path(directory / "key.pem")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(coro, 60))
+from tests.server.peers import PeerHandler, PeerServer, connect_peer, run, wait_for
 
 
 async def serve(handler: PeerHandler) -> tuple[PeerServer, int, list[asyncio.Task[None]]]:

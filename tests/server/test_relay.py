@@ -6,20 +6,12 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
-
-import uvloop
+from collections.abc import Awaitable, Callable
 
 from mailgate.proxy.relay import HALF_CLOSE_QUIET, Peer, Relay, RelayOutcome
-from tests.server.peers import PeerServer, connect_peer, wait_for
+from tests.server.peers import PeerServer, connect_peer, run, wait_for
 
 BackendHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(coro, 60))
 
 
 class ProxyUnderTest:
