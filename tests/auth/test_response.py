@@ -358,24 +358,4 @@ def test_backend_ipv4_addresses_read_the_same_with_or_without_the_octet_loop(par
     from mailgate.auth import response
 
     text = b"".join(parts)
-    assert response._inet_addr(text) == _inet_addr_by_loop(text)
-
-
-def _inet_addr_by_loop(text: bytes) -> str | None:
-    """nginx's ngx_inet_addr, written out as the reference."""
-    value = octet = dots = 0
-    for byte in text:
-        if 0x30 <= byte <= 0x39:
-            octet = octet * 10 + byte - 0x30
-            if octet > 255:
-                return None
-        elif byte == 0x2E:
-            value, octet, dots = (value << 8) + octet, 0, dots + 1
-        else:
-            return None
-    if dots != 3:
-        return None
-    value = (value << 8) + octet
-    if value == 0xFFFFFFFF:
-        return None
-    return ".".join(str(value >> shift & 0xFF) for shift in (24, 16, 8, 0))
+    assert response._inet_addr(text) == response._inet_addr_by_loop(text)

@@ -352,6 +352,11 @@ def _inet_addr(text: bytes) -> str | None:
         if max(octets) > 255 or octets == [255, 255, 255, 255]:
             return None
         return ".".join(map(str, octets))
+    return _inet_addr_by_loop(text)
+
+
+def _inet_addr_by_loop(text: bytes) -> str | None:
+    """ngx_inet_addr byte by byte, for every form the expression above leaves to it."""
     value = octet = dots = 0
     for byte in text:
         if 0x30 <= byte <= 0x39:
