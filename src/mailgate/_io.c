@@ -213,6 +213,10 @@ struct PeerObject {
     int front_stage;
     double front_wait;
     PyObject *front_greeting, *front_callback, *front_context;
+    /* exchange(): replies judged by their first bytes and answered here, before the read resolves. */
+    PyObject *exchange_steps; /* tuple of (prefix, answer) bytes pairs; NULL when not exchanging */
+    Py_ssize_t exchanged;     /* steps answered by the last exchange() */
+    size_t exchange_capacity;
 };
 
 enum front_stage { FRONT_NONE, FRONT_HANDSHAKE, FRONT_WAITING };
@@ -841,6 +845,42 @@ peer_wants_input(PeerObject *p)
     return p->read_waiter != NULL;
 }
 
+static void peer_write(PeerObject *p, const char *data, size_t n);
+
+/* Answer the replies in the input that the exchange's steps expect. 0: wait for more input; 1: the read
+ * resolves now with what is in the input (a reply no step answers, or more than the capacity). As nginx
+ * reads them, a reply is judged once its buffer holds 4 bytes or more and ends with CRLF, and whatever
+ * else the buffer holds goes with it. */
+static int
+exchange_advance(PeerObject *p)
+{
+    while (p->exchange_steps != NULL) {
+        Py_ssize_t count = PyTuple_GET_SIZE(p->exchange_steps);
+        if (p->exchanged >= count) {
+            Py_CLEAR(p->exchange_steps);
+            break;
+        }
+        size_t len = p->in.len;
+        const char *data = p->in.data + p->in.start;
+        if (len >= p->exchange_capacity)
+            break;
+        if (len < 4 || data[len - 2] != '\r' || data[len - 1] != '\n')
+            return 0;
+        PyObject *step = PyTuple_GET_ITEM(p->exchange_steps, p->exchanged);
+        PyObject *prefix = PyTuple_GET_ITEM(step, 0), *answer = PyTuple_GET_ITEM(step, 1);
+        size_t prefix_len = (size_t)PyBytes_GET_SIZE(prefix);
+        if (len < prefix_len || memcmp(data, PyBytes_AS_STRING(prefix), prefix_len) != 0)
+            break;
+        buffer_free(&p->in);
+        p->exchanged++;
+        peer_write(p, PyBytes_AS_STRING(answer), (size_t)PyBytes_GET_SIZE(answer));
+        if (p->flags & P_LOST)
+            break;
+    }
+    Py_CLEAR(p->exchange_steps);
+    return p->in.len > 0 || (p->flags & (P_EOF | P_LOST));
+}
+
 /* Plaintext from the peer: to the relay, or to the buffer for read(). */
 static void
 peer_deliver(PeerObject *p, const char *data, size_t n)
@@ -857,7 +897,7 @@ peer_deliver(PeerObject *p, const char *data, size_t n)
         front_end(p, "greeted", NULL); /* the client's first command: the session takes over */
         return;
     }
-    if (p->read_waiter != NULL) {
+    if (p->read_waiter != NULL && (p->exchange_steps == NULL || exchange_advance(p)) && p->read_waiter != NULL) {
         PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
         if (bytes == NULL) {
             PyErr_Clear();
@@ -874,6 +914,7 @@ wake_reader_at_end(PeerObject *p)
 {
     if (p->read_waiter == NULL)
         return;
+    Py_CLEAR(p->exchange_steps);
     PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
     if (bytes == NULL) {
         PyErr_Clear();
@@ -1663,9 +1704,12 @@ take_in(PeerObject *p)
     return bytes;
 }
 
+static PyObject *wait_for_input(PeerObject *p);
+
 static PyObject *
 Peer_read(PeerObject *p, PyObject *unused)
 {
+    Py_CLEAR(p->exchange_steps); /* left by an exchange() whose wait failed */
     if (p->read_waiter != NULL && future_done(p->read_waiter))
         Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
     if (p->read_waiter != NULL) {
@@ -1680,6 +1724,13 @@ Peer_read(PeerObject *p, PyObject *unused)
         Py_DECREF(bytes);
         return f;
     }
+    return wait_for_input(p);
+}
+
+/* read()'s future when nothing can be taken yet. */
+static PyObject *
+wait_for_input(PeerObject *p)
+{
     PyObject *future = new_future(p->reactor);
     if (future == NULL)
         return NULL;
@@ -1697,6 +1748,51 @@ Peer_read(PeerObject *p, PyObject *unused)
         Py_DECREF(e);
     }
     return future;
+}
+
+static PyObject *
+Peer_exchange(PeerObject *p, PyObject *args)
+{
+    PyObject *steps;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &steps, &capacity))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
+        PyObject *step = PyTuple_GET_ITEM(steps, i);
+        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(step, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(step, 1))) {
+            PyErr_SetString(PyExc_TypeError, "exchange() steps are (prefix, answer) pairs of bytes");
+            return NULL;
+        }
+    }
+    if (p->tls_state != TLS_NONE || p->relay != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "exchange() is for a plain connection outside a relay");
+        return NULL;
+    }
+    if (p->read_waiter != NULL && future_done(p->read_waiter))
+        Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
+    if (p->read_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already reading");
+        return NULL;
+    }
+    p->exchanged = 0;
+    p->exchange_capacity = capacity > 0 ? (size_t)capacity : 0;
+    Py_INCREF(steps);
+    Py_XSETREF(p->exchange_steps, steps);
+    if ((p->in.len && exchange_advance(p)) || (p->flags & P_EOF)) {
+        Py_CLEAR(p->exchange_steps);
+        return Peer_read(p, NULL);
+    }
+    PyObject *future = wait_for_input(p);
+    if (future == NULL || p->read_waiter == NULL)
+        Py_CLEAR(p->exchange_steps); /* resolved or failed at once: nothing left to answer */
+    return future;
+}
+
+static PyObject *
+Peer_get_exchanged(PeerObject *p, void *closure)
+{
+    return PyLong_FromSsize_t(p->exchanged);
 }
 
 static PyObject *
@@ -2100,6 +2196,7 @@ Peer_traverse(PeerObject *p, visitproc visit, void *arg)
     Py_VISIT(p->front_greeting);
     Py_VISIT(p->front_callback);
     Py_VISIT(p->front_context);
+    Py_VISIT(p->exchange_steps);
     return 0;
 }
 
@@ -2114,6 +2211,7 @@ Peer_clear(PeerObject *p)
     Py_CLEAR(p->front_greeting);
     Py_CLEAR(p->front_callback);
     Py_CLEAR(p->front_context);
+    Py_CLEAR(p->exchange_steps);
     return 0;
 }
 
@@ -2154,6 +2252,10 @@ static PyMethodDef Peer_methods[] = {
     {"read", (PyCFunction)Peer_read, METH_NOARGS,
      "A future: every byte received so far (at least one); b'' once the peer has closed; TimeoutError "
      "past the deadline."},
+    {"exchange", (PyCFunction)Peer_exchange, METH_VARARGS,
+     "exchange(steps, capacity): read() that first answers, in order, each reply that starts with a step's "
+     "prefix with the step's answer (a reply: 4 bytes or more ending with CRLF, shorter than capacity); "
+     "resolves with the first reply no step answers. `exchanged` tells how many were answered."},
     {"take_buffered", (PyCFunction)Peer_take_buffered, METH_NOARGS, "The bytes received and not read yet."},
     {"discard_buffered", (PyCFunction)Peer_discard_buffered, METH_NOARGS,
      "Forget unread bytes (after STARTTLS: plaintext sent behind the command is never executed)."},
@@ -2191,6 +2293,7 @@ static PyGetSetDef Peer_getset[] = {
     {"write_buffer_size", (getter)Peer_get_write_buffer_size, NULL, "Bytes written and not sent yet.", NULL},
     {"ssl", (getter)Peer_get_ssl, NULL, "The address of the connection's SSL once start_tls was called, else 0.",
      NULL},
+    {"exchanged", (getter)Peer_get_exchanged, NULL, "Steps answered by the last exchange().", NULL},
     {"tls_open", (getter)Peer_get_tls_open, NULL, "The handshake is done and TLS not closing.", NULL},
     {NULL}};
 

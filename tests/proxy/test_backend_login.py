@@ -692,3 +692,56 @@ def test_xtext_encodes_every_special_byte_and_nothing_else(value: bytes) -> None
         b"+%02X" % byte if byte <= 0x20 or byte >= 0x7F or byte in b"+=" else bytes([byte]) for byte in value
     )
     assert xtext(value) == expected
+
+
+# --- replies answered by the connection (Peer.exchange) ----------------------------------------------------
+
+_ENGINES: list[Callable[[], BackendLogin]] = [
+    pop3,
+    imap,
+    functools.partial(imap, password=None),
+    smtp,
+    functools.partial(smtp, method=AuthMethod.NONE),
+    functools.partial(smtp, xclient=False),
+]
+_REPLY_PIECES = st.sampled_from(
+    [b"+", b"OK", b"* ", b"220", b"250", b"235", b"-", b" ", b"a2 ", b"x", b"\r\n", b"\n", b"\r", b"-ERR"]
+)
+
+
+def test_answers_are_the_leading_steps_a_prefix_accepts() -> None:
+    assert pop3().answers() == ((b"+OK", b"USER bob\r\n"), (b"+OK", b"PASS secret\r\n"))
+    assert pop3(password=None).answers() == ((b"+OK", b"USER bob\r\n"),)
+    assert imap().answers() == (
+        (b"* OK", b"a2 LOGIN {4}\r\n"),
+        (b"+", b"user {5}\r\n"),
+        (b"+", b"pa ss\r\n"),
+    )
+    assert [prefix for prefix, _ in smtp(xclient=False).answers()] == [b"220 "]
+    assert [prefix for prefix, _ in smtp().answers()] == [b"220 ", b"250 "]  # then 220/250: by code alone
+
+
+@pytest.mark.parametrize("make_engine", _ENGINES)
+@given(reply=st.lists(_REPLY_PIECES, max_size=8).map(b"".join), skipped=st.integers(0, 3))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_reply_the_connection_answers_is_one_the_engine_would_answer_the_same(
+    make_engine: Callable[[], BackendLogin], reply: bytes, skipped: int
+) -> None:
+    # Peer.exchange answers a reply of 4 bytes or more ending with CRLF that starts with the step's prefix;
+    # the engine, had it seen that reply, must have sent the same bytes and stood where answered() puts it.
+    reply += b"\r\n"
+    judged, answered = make_engine(), make_engine()
+    answers = judged.answers()
+    skipped = min(skipped, len(answers))
+    for prefix, then_send in answers[:skipped]:
+        assert judged.receive_data(prefix + b" fine\r\n") == [Send(then_send)]
+    answered.answered(skipped)
+    assert answered.answers() == answers[skipped:]
+    assert answered.action == judged.action
+    if len(reply) < 4 or skipped == len(answers) or not reply.startswith(answers[skipped][0]):
+        assert answered.receive_data(reply) == judged.receive_data(reply)
+        return
+    assert judged.receive_data(reply) == [Send(answers[skipped][1])]
+    answered.answered(1)
+    assert answered.action == judged.action
+    assert answered.answers() == judged.answers()

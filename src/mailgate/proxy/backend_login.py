@@ -25,6 +25,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 from mailgate.config.model import LogLevel, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
@@ -153,6 +154,30 @@ class BackendLogin(ABC):
                     return events
         return events
 
+    def answers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The replies the connection may answer itself before this engine sees them (`Peer.exchange`):
+        from the current step on, each step whose reply is accepted by its first bytes alone, as
+        (those bytes, what to send then). A reply that does not start so comes here unjudged."""
+        answers = []
+        for step in self._steps[self._step_index :]:
+            prefix = self._accepting_prefix(step.expects)
+            if prefix is None or step.then_send is None or step.needs_password:
+                break
+            answers.append((prefix, step.then_send))
+        return tuple(answers)
+
+    def answered(self, count: int) -> None:
+        """The connection answered the first `count` of `answers()`: this engine is where it would be had
+        it judged those replies itself."""
+        if count:
+            self._step_index += count
+            self.action = self._steps[self._step_index - 1].action
+            self._buffer.clear()
+
+    def _accepting_prefix(self, expects: str) -> bytes | None:
+        """First bytes that are enough for `_judge` to accept a reply to the step; None: none are."""
+        return None
+
     def fail(self, log_level: LogLevel, log_message: str | None) -> Failed:
         """End the login with the protocol's internal server error line (timeouts, I/O errors, EOF)."""
         self._finished = True
@@ -238,6 +263,9 @@ class Pop3BackendLogin(BackendLogin):
     def _judge(self, buffer: bytes, expects: str) -> _Verdict:
         return _Accepted(_first_line_end(buffer)) if buffer.startswith(b"+OK") else _Rejected(0)
 
+    def _accepting_prefix(self, expects: str) -> bytes | None:
+        return b"+OK"
+
 
 class ImapBackendLogin(BackendLogin):
     """`<tag> LOGIN` with synchronising literals and the client's own tag; the backend's final reply
@@ -267,11 +295,12 @@ class ImapBackendLogin(BackendLogin):
             ],
         )
 
+    _PREFIXES: ClassVar[dict[str, bytes]] = {"greeting": b"* OK", "+": b"+"}
+
     def _judge(self, buffer: bytes, expects: str) -> _Verdict:
-        if expects == "greeting":
-            return _Accepted(_first_line_end(buffer)) if buffer.startswith(b"* OK") else _Rejected(0)
-        if expects == "+":
-            return _Accepted(_first_line_end(buffer)) if buffer.startswith(b"+") else _Rejected(0)
+        prefix = self._PREFIXES.get(expects)
+        if prefix is not None:
+            return _Accepted(_first_line_end(buffer)) if buffer.startswith(prefix) else _Rejected(0)
         position = 0
         if buffer.startswith(b"* "):
             # One untagged line (e.g. CAPABILITY from SmarterMail or Gmail) may precede the tagged reply.
@@ -283,6 +312,9 @@ class ImapBackendLogin(BackendLogin):
             if buffer.startswith(b"OK", position):
                 return _Accepted(_first_line_end(buffer, position))
         return _Rejected(position)
+
+    def _accepting_prefix(self, expects: str) -> bytes | None:
+        return self._PREFIXES.get(expects)
 
 
 _XTEXT_SPECIAL = re.compile(rb"[\x00-\x20+=\x7f-\xff]")
@@ -375,6 +407,10 @@ class SmtpBackendLogin(BackendLogin):
             "any": True,
         }[expects]
         return _Accepted(reply_end) if accepted else _Rejected(0)
+
+    def _accepting_prefix(self, expects: str) -> bytes | None:
+        # A one-line reply with that code; a multi-line one (`220-`) is judged here, after its last line.
+        return {"220": b"220 ", "250": b"250 ", "220/250": None}.get(expects)
 
     def _client_bytes(self, buffer: bytes, reply_end: int) -> bytes:
         if self._method_none:

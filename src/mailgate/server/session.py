@@ -583,8 +583,12 @@ class Session:
             peer.write(header)
             self.action = login.action
         try:
+            try:  # the replies a prefix accepts are answered by the connection, without a wake-up each
+                data = await peer.exchange(login.answers(), self.server.proxy.buffer)
+            finally:
+                login.answered(peer.exchanged)
+                self.action = login.action
             while True:
-                data = await peer.read()
                 events = login.receive_data(data)
                 self.action = login.action
                 for event in events:
@@ -594,6 +598,7 @@ class Session:
                         return event.client_bytes
                     else:
                         self._backend_failed(client, event)
+                data = await peer.read()
         except TimeoutError:
             self.record.close_reason = "backend timed out"
             self._backend_failed(client, login.timed_out())
