@@ -856,10 +856,8 @@ exchange_advance(PeerObject *p)
 {
     while (p->exchange_steps != NULL) {
         Py_ssize_t count = PyTuple_GET_SIZE(p->exchange_steps);
-        if (p->exchanged >= count) {
-            Py_CLEAR(p->exchange_steps);
+        if (p->exchanged >= count)
             break;
-        }
         size_t len = p->in.len;
         const char *data = p->in.data + p->in.start;
         if (len >= p->exchange_capacity)
@@ -1779,10 +1777,8 @@ Peer_exchange(PeerObject *p, PyObject *args)
     p->exchange_capacity = capacity > 0 ? (size_t)capacity : 0;
     Py_INCREF(steps);
     Py_XSETREF(p->exchange_steps, steps);
-    if ((p->in.len && exchange_advance(p)) || (p->flags & P_EOF)) {
-        Py_CLEAR(p->exchange_steps);
-        return Peer_read(p, NULL);
-    }
+    if ((p->in.len && exchange_advance(p)) || (p->flags & P_EOF))
+        return Peer_read(p, NULL); /* which ends the exchange */
     PyObject *future = wait_for_input(p);
     if (future == NULL || p->read_waiter == NULL)
         Py_CLEAR(p->exchange_steps); /* resolved or failed at once: nothing left to answer */

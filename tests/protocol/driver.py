@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mailgate.config import model
 from mailgate.protocol.credentials import Credentials
-from mailgate.protocol.engine import PreAuthEngine
+from mailgate.protocol.engine import ClientBuffer, PreAuthEngine
 from mailgate.protocol.events import Authenticate, Close, Event, Log, NeedData, Reply, StartTls
 
 SERVER_NAME = "mx.example"
@@ -99,3 +100,26 @@ def every_split(data: bytes) -> Iterable[tuple[bytes, ...]]:
     yield tuple(data[i : i + 1] for i in range(len(data)))
     for cut in range(1, len(data)):
         yield (data[:cut], data[cut:])
+
+
+class _LineParser(Protocol):
+    def parse(self, buffer: ClientBuffer) -> Any: ...
+    def _parse_by_state(self, buffer: ClientBuffer) -> Any: ...
+
+
+def parsed_both_ways(
+    make_parser: Callable[[], _LineParser],
+    line: bytes,
+    observe: Callable[[Any, ClientBuffer], tuple[object, ...]],
+) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """What a fresh parser makes of `line` by its fast path (`parse`) and by its state machine: the result,
+    where the buffer stands, and what `observe(parser, buffer)` reports of the parser after it."""
+    outcomes = []
+    for by_state in (False, True):
+        buffer = ClientBuffer(4096)
+        buffer.feed(line)
+        buffer.fill()
+        parser = make_parser()
+        result = parser._parse_by_state(buffer) if by_state else parser.parse(buffer)
+        outcomes.append((result, buffer.pos, *observe(parser, buffer)))
+    return outcomes[0], outcomes[1]

@@ -602,15 +602,10 @@ _LINES = st.builds(
 @example(b'a LOGIN "x"y z\r\n')
 @example(b'a LOGIN "x\\\\y" z\r\n')
 def test_plain_command_lines_read_by_expression_give_what_the_state_machine_gives(line: bytes) -> None:
-    from mailgate.protocol.engine import ClientBuffer
     from mailgate.protocol.imap import ImapParser
+    from tests.protocol.driver import parsed_both_ways
 
-    results = []
-    for by_state in (False, True):
-        buffer = ClientBuffer(4096)
-        buffer.feed(line)
-        buffer.fill()
-        parser = ImapParser()
-        result = parser._parse_by_state(buffer) if by_state else parser.parse(buffer)
-        results.append((result, buffer.pos, parser.tag, parser.command, parser.args, parser.state))
-    assert results[0] == results[1]
+    fast, by_state = parsed_both_ways(
+        ImapParser, line, lambda parser, _: (parser.tag, parser.command, parser.args, parser.state)
+    )
+    assert fast == by_state

@@ -319,7 +319,8 @@ _VERB_LINES = st.builds(
 @example(b"QUIT\tx\r\n")
 def test_command_lines_read_by_expression_give_what_the_state_machine_gives(line: bytes) -> None:
     from mailgate.protocol import pop3, smtp
-    from mailgate.protocol.engine import ClientBuffer, VerbParser
+    from mailgate.protocol.engine import VerbParser
+    from tests.protocol.driver import parsed_both_ways
 
     parsers: list[Callable[[], VerbParser[Any]]] = [
         lambda: VerbParser(
@@ -333,14 +334,9 @@ def test_command_lines_read_by_expression_give_what_the_state_machine_gives(line
         ),
     ]
     for make in parsers:
-        results = []
-        for by_state in (False, True):
-            buffer = ClientBuffer(4096)
-            buffer.feed(line)
-            buffer.fill()
-            parser = make()
-            result = parser._parse_by_state(buffer) if by_state else parser.parse(buffer)
-            results.append(
-                (result, buffer.pos, parser.command, parser.args, parser.state, parser.command_text(buffer))
-            )
-        assert results[0] == results[1]
+        fast, by_state = parsed_both_ways(
+            make,
+            line,
+            lambda parser, buffer: (parser.command, parser.args, parser.state, parser.command_text(buffer)),
+        )
+        assert fast == by_state
