@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 from enum import Enum
 
 import pytest
 
-from mailgate.config.model import Protocol
-from mailgate.protocol.engine import ClientBuffer, ParseResult, VerbParser
+from mailgate.config.model import (
+    ImapAuth,
+    ImapSettings,
+    Pop3Auth,
+    Pop3Settings,
+    Protocol,
+    SmtpAuth,
+    SmtpSettings,
+)
+from mailgate.protocol.engine import ClientBuffer, ParseResult, PreAuthEngine, VerbParser
 from mailgate.protocol.events import Close, NeedData, Reply
+from mailgate.protocol.imap import ImapPreAuth
+from mailgate.protocol.pop3 import Pop3PreAuth
+from mailgate.protocol.sasl import encode_base64
 from mailgate.protocol.smtp import SmtpPreAuth
-from tests.protocol.driver import server_config
+from tests.protocol.driver import Session as DrivenSession
+from tests.protocol.driver import credentials, server_config
 
 
 class Verb(Enum):
@@ -145,3 +158,40 @@ def test_empty_input_needs_data() -> None:
     engine = SmtpPreAuth(server_config(Protocol.SMTP), tls_active=False)
     engine.receive_data(b"")
     assert engine.next_event() == NeedData()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "login"),
+    [
+        (Protocol.IMAP, b"a LOGIN bob secret\r\n"),
+        (Protocol.IMAP, b"a AUTHENTICATE CRAM-MD5\r\n" + encode_base64(b"bob " + b"0" * 32) + b"\r\n"),
+        (Protocol.POP3, b"USER bob\r\nPASS secret\r\n"),
+        (Protocol.POP3, b"AUTH CRAM-MD5\r\n" + encode_base64(b"bob " + b"0" * 32) + b"\r\n"),
+        (Protocol.SMTP, b"EHLO x\r\nAUTH CRAM-MD5\r\n" + encode_base64(b"bob " + b"0" * 32) + b"\r\n"),
+    ],
+)
+def test_an_engine_is_freed_without_the_cyclic_collector(protocol: Protocol, login: bytes) -> None:
+    # A cycle per session (an engine holding its own bound method) made the collector run every few
+    # sessions under load; everything an engine builds must go when its last reference does.
+    server = server_config(
+        protocol,
+        imap=ImapSettings(auth=frozenset({ImapAuth.PLAIN, ImapAuth.CRAM_MD5})),
+        pop3=Pop3Settings(auth=frozenset({Pop3Auth.PLAIN, Pop3Auth.CRAM_MD5})),
+        smtp=SmtpSettings(auth=frozenset({SmtpAuth.PLAIN, SmtpAuth.CRAM_MD5})),
+    )
+    engine_class: type[PreAuthEngine] = {
+        Protocol.IMAP: ImapPreAuth,
+        Protocol.POP3: Pop3PreAuth,
+        Protocol.SMTP: SmtpPreAuth,
+    }[protocol]
+    gc.collect()
+    gc.disable()
+    try:
+        session = DrivenSession(engine_class(server, tls_active=True))  # type: ignore[call-arg]
+        session.engine.greeting()
+        session.send(*(line + b"\n" for line in login.split(b"\n") if line))
+        assert credentials(session.events)
+        del session
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

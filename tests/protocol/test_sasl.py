@@ -23,8 +23,12 @@ from mailgate.protocol.sasl import (
 SALT = b"<1.2@mx.example>"
 
 
+def _salt() -> bytes:
+    return SALT
+
+
 def exchange(*, cram_md5: bool = True, external: bool = True) -> SaslExchange:
-    return SaslExchange(cram_md5=cram_md5, external=external, salt=lambda: SALT)
+    return SaslExchange(cram_md5=cram_md5, external=external)
 
 
 @pytest.mark.parametrize(
@@ -67,16 +71,18 @@ def test_make_salt_differs_between_calls() -> None:
 
 
 def test_plain_with_initial_response_ignores_authzid() -> None:
-    assert exchange().start([b"PLAIN", encode_base64(b"admin\0bob\0pw")]) == SaslDone(
+    assert exchange().start([b"PLAIN", encode_base64(b"admin\0bob\0pw")], _salt) == SaslDone(
         AuthMethod.PLAIN, b"bob", b"pw"
     )
 
 
 def test_plain_password_keeps_nul_bytes_and_may_be_empty() -> None:
-    assert exchange().start([b"plain", encode_base64(b"\0bob\0p\0w")]) == SaslDone(
+    assert exchange().start([b"plain", encode_base64(b"\0bob\0p\0w")], _salt) == SaslDone(
         AuthMethod.PLAIN, b"bob", b"p\0w"
     )
-    assert exchange().start([b"PLAIN", encode_base64(b"\0bob\0")]) == SaslDone(AuthMethod.PLAIN, b"bob", b"")
+    assert exchange().start([b"PLAIN", encode_base64(b"\0bob\0")], _salt) == SaslDone(
+        AuthMethod.PLAIN, b"bob", b""
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,12 +95,12 @@ def test_plain_password_keeps_nul_bytes_and_may_be_empty() -> None:
     ],
 )
 def test_plain_needs_two_nul_bytes(plain: bytes, log: bytes) -> None:
-    assert exchange().start([b"PLAIN", encode_base64(plain)]) == SaslInvalid(log)
+    assert exchange().start([b"PLAIN", encode_base64(plain)], _salt) == SaslInvalid(log)
 
 
 def test_plain_without_initial_response_prompts_empty() -> None:
     sasl = exchange()
-    assert sasl.start([b"PLAIN"]) == SaslPrompt(b"")
+    assert sasl.start([b"PLAIN"], _salt) == SaslPrompt(b"")
     assert sasl.active
     assert sasl.respond(encode_base64(b"\0a\0b")) == SaslDone(AuthMethod.PLAIN, b"a", b"b")
     assert not sasl.active
@@ -102,21 +108,21 @@ def test_plain_without_initial_response_prompts_empty() -> None:
 
 def test_login_asks_username_then_password() -> None:
     sasl = exchange()
-    assert sasl.start([b"LOGIN"]) == SaslPrompt(USERNAME_CHALLENGE)
+    assert sasl.start([b"LOGIN"], _salt) == SaslPrompt(USERNAME_CHALLENGE)
     assert sasl.respond(b"Ym9i") == SaslPrompt(PASSWORD_CHALLENGE)
     assert sasl.respond(b"cHc=") == SaslDone(AuthMethod.PLAIN, b"bob", b"pw")
 
 
 def test_login_with_initial_username() -> None:
     sasl = exchange()
-    assert sasl.start([b"login", b"Ym9i"]) == SaslPrompt(PASSWORD_CHALLENGE)
+    assert sasl.start([b"login", b"Ym9i"], _salt) == SaslPrompt(PASSWORD_CHALLENGE)
     assert sasl.respond(b"") == SaslDone(AuthMethod.PLAIN, b"bob", b"")
 
 
 @pytest.mark.parametrize("step", [0, 1])
 def test_login_bad_base64_ends_the_exchange(step: int) -> None:
     sasl = exchange()
-    sasl.start([b"LOGIN"])
+    sasl.start([b"LOGIN"], _salt)
     if step:
         sasl.respond(b"Ym9i")
     assert sasl.respond(b"*") == SaslInvalid(b"client sent invalid base64 encoding in AUTH LOGIN command")
@@ -125,7 +131,7 @@ def test_login_bad_base64_ends_the_exchange(step: int) -> None:
 
 def test_cram_md5_challenges_with_the_salt_and_splits_at_the_first_space() -> None:
     sasl = exchange()
-    assert sasl.start([b"CRAM-MD5"]) == SaslPrompt(encode_base64(SALT))
+    assert sasl.start([b"CRAM-MD5"], _salt) == SaslPrompt(encode_base64(SALT))
     digest = b"0123456789abcdef0123456789abcdef"
     assert sasl.respond(encode_base64(b"bob " + digest)) == SaslDone(
         AuthMethod.CRAM_MD5, b"bob", digest, SALT
@@ -134,7 +140,7 @@ def test_cram_md5_challenges_with_the_salt_and_splits_at_the_first_space() -> No
 
 def test_cram_md5_digest_is_checked_for_length_only() -> None:
     sasl = exchange()
-    sasl.start([b"CRAM-MD5"])
+    sasl.start([b"CRAM-MD5"], _salt)
     digest = (b"not hex, with spaces " * 2)[:32]
     assert sasl.respond(encode_base64(b"bob " + digest)) == SaslDone(
         AuthMethod.CRAM_MD5, b"bob", digest, SALT
@@ -144,7 +150,7 @@ def test_cram_md5_digest_is_checked_for_length_only() -> None:
 @pytest.mark.parametrize("response", [b"bob", b"bob 0123", b"bob " + b"0" * 33, b"0" * 32])
 def test_cram_md5_needs_a_space_and_a_32_character_digest(response: bytes) -> None:
     sasl = exchange()
-    sasl.start([b"CRAM-MD5"])
+    sasl.start([b"CRAM-MD5"], _salt)
     assert sasl.respond(encode_base64(response)) == SaslInvalid(
         b"client sent invalid CRAM-MD5 hash in AUTH CRAM-MD5 command"
     )
@@ -152,16 +158,16 @@ def test_cram_md5_needs_a_space_and_a_32_character_digest(response: bytes) -> No
 
 def test_cram_md5_response_without_space_is_invalid_even_after_an_earlier_valid_digest() -> None:
     sasl = exchange()
-    sasl.start([b"CRAM-MD5"])
+    sasl.start([b"CRAM-MD5"], _salt)
     sasl.respond(encode_base64(b"bob " + b"0" * 32))
-    sasl.start([b"CRAM-MD5"])
+    sasl.start([b"CRAM-MD5"], _salt)
     assert isinstance(sasl.respond(encode_base64(b"x" * 40)), SaslInvalid)
 
 
 def test_external_with_and_without_initial_response() -> None:
-    assert exchange().start([b"EXTERNAL", b"Ym9i"]) == SaslDone(AuthMethod.EXTERNAL, b"bob")
+    assert exchange().start([b"EXTERNAL", b"Ym9i"], _salt) == SaslDone(AuthMethod.EXTERNAL, b"bob")
     sasl = exchange()
-    assert sasl.start([b"external"]) == SaslPrompt(USERNAME_CHALLENGE)
+    assert sasl.start([b"external"], _salt) == SaslPrompt(USERNAME_CHALLENGE)
     assert sasl.respond(b"") == SaslDone(AuthMethod.EXTERNAL, b"")
 
 
@@ -174,7 +180,7 @@ def test_external_with_and_without_initial_response() -> None:
     ],
 )
 def test_cram_md5_and_external_need_enabling(args: list[bytes]) -> None:
-    assert exchange(cram_md5=False, external=False).start(args) == SaslInvalid()
+    assert exchange(cram_md5=False, external=False).start(args, _salt) == SaslInvalid()
 
 
 @pytest.mark.parametrize(
@@ -191,7 +197,7 @@ def test_cram_md5_and_external_need_enabling(args: list[bytes]) -> None:
     ],
 )
 def test_unknown_mechanisms_and_extra_arguments_are_invalid_without_log(args: list[bytes]) -> None:
-    assert exchange().start(args) == SaslInvalid()
+    assert exchange().start(args, _salt) == SaslInvalid()
 
 
 def test_respond_without_an_exchange_is_invalid() -> None:
@@ -200,7 +206,7 @@ def test_respond_without_an_exchange_is_invalid() -> None:
 
 def test_reset_abandons_the_exchange() -> None:
     sasl = exchange()
-    sasl.start([b"LOGIN", b"Ym9i"])
+    sasl.start([b"LOGIN", b"Ym9i"], _salt)
     sasl.reset()
     assert not sasl.active
     assert sasl.respond(b"cHc=") == SaslInvalid()
@@ -213,8 +219,13 @@ def test_cram_md5_salt_is_asked_for_lazily() -> None:
         asked.append(True)
         return SALT
 
-    sasl = SaslExchange(cram_md5=True, external=False, salt=salt)
-    sasl.start([b"PLAIN", encode_base64(b"\0a\0b")])
+    sasl = SaslExchange(cram_md5=True, external=False)
+    sasl.start([b"PLAIN", encode_base64(b"\0a\0b")], salt)
     assert not asked
-    sasl.start([b"CRAM-MD5"])
-    assert asked
+    sasl.start([b"CRAM-MD5"], salt)
+    assert asked == [True]
+    # the reply is paired with the challenge's salt, without asking again
+    assert sasl.respond(encode_base64(b"bob " + b"0" * 32)) == SaslDone(
+        AuthMethod.CRAM_MD5, b"bob", b"0" * 32, SALT
+    )
+    assert asked == [True]

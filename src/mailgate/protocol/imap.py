@@ -381,7 +381,6 @@ class ImapPreAuth(PreAuthEngine):
         self._sasl = SaslExchange(
             cram_md5=ImapAuth.CRAM_MD5 in enabled,
             external=ImapAuth.EXTERNAL in enabled,
-            salt=self._session_salt,
         )
         self._lines = _LINES(server)
 
@@ -431,7 +430,7 @@ class ImapPreAuth(PreAuthEngine):
             if self._starttls_only:
                 self._answer_invalid()
             else:
-                self._sasl_step(self._sasl.start(parser.args))
+                self._sasl_step(self._sasl.start(parser.args, self._session_salt))
         elif command is ImapCommand.CAPABILITY:
             self._answer_tagged(self._capability_line() + parser.tag + _OK)
         elif command is ImapCommand.LOGOUT:

@@ -103,7 +103,6 @@ class Pop3PreAuth(PreAuthEngine):
         self._sasl = SaslExchange(
             cram_md5=Pop3Auth.CRAM_MD5 in enabled,
             external=Pop3Auth.EXTERNAL in enabled,
-            salt=self._session_salt,
         )
         self._user: bytes | None = None  # set between USER and PASS
         self._lines = _LINES(server)
@@ -162,7 +161,7 @@ class Pop3PreAuth(PreAuthEngine):
             self._authenticate_with(AuthMethod.APOP, args[0], args[1], self._session_salt())
         elif command is Pop3Command.AUTH and not self._starttls_only:
             if args:
-                self._sasl_step(self._sasl.start(args))
+                self._sasl_step(self._sasl.start(args, self._session_salt))
             else:
                 self._parser.expect_command()
                 self._answer(self._lines.methods)

@@ -93,19 +93,20 @@ SaslStep = SaslPrompt | SaslDone | SaslInvalid
 class SaslExchange:
     """One client's SASL state across `AUTH`/`AUTHENTICATE` commands and their continuation lines.
 
-    `salt` is called (at most once per exchange) when CRAM-MD5 needs the session's salt; it returns
-    `<R.T@server_name>` without CRLF. PLAIN and LOGIN are always accepted; CRAM-MD5 and EXTERNAL only
-    when enabled.
+    `start`'s `salt` is called only when CRAM-MD5 needs the session's salt; it returns
+    `<R.T@server_name>` without CRLF. It is given per call, not kept: an engine passing its own bound
+    method would otherwise be in a reference cycle that only the cyclic collector frees. PLAIN and LOGIN
+    are always accepted; CRAM-MD5 and EXTERNAL only when enabled.
     """
 
-    __slots__ = ("_cram_md5_enabled", "_external_enabled", "_login", "_salt", "_step")
+    __slots__ = ("_challenge_salt", "_cram_md5_enabled", "_external_enabled", "_login", "_step")
 
-    def __init__(self, *, cram_md5: bool, external: bool, salt: Callable[[], bytes]) -> None:
+    def __init__(self, *, cram_md5: bool, external: bool) -> None:
         self._cram_md5_enabled = cram_md5
         self._external_enabled = external
-        self._salt = salt
         self._step = _Step.IDLE
         self._login = b""
+        self._challenge_salt = b""
 
     @property
     def active(self) -> bool:
@@ -117,7 +118,7 @@ class SaslExchange:
         self._step = _Step.IDLE
         self._login = b""
 
-    def start(self, args: Sequence[bytes]) -> SaslStep:
+    def start(self, args: Sequence[bytes], salt: Callable[[], bytes]) -> SaslStep:
         """The arguments of `AUTH`/`AUTHENTICATE`: mechanism name, then an optional initial response."""
         if not args:
             return SaslInvalid()
@@ -131,7 +132,8 @@ class SaslExchange:
                 return self._prompt(_Step.PLAIN, b"")
             return self._finish(_decode_plain(args[1]))
         if mechanism == b"CRAM-MD5" and len(args) == 1 and self._cram_md5_enabled:
-            return self._prompt(_Step.CRAM_MD5, encode_base64(self._salt()))
+            self._challenge_salt = salt()
+            return self._prompt(_Step.CRAM_MD5, encode_base64(self._challenge_salt))
         if mechanism == b"EXTERNAL" and len(args) <= 2 and self._external_enabled:
             if len(args) == 1:
                 return self._prompt(_Step.EXTERNAL, USERNAME_CHALLENGE)
@@ -151,7 +153,7 @@ class SaslExchange:
         if step is _Step.PLAIN:
             return self._finish(_decode_plain(line))
         if step is _Step.CRAM_MD5:
-            return self._finish(_decode_cram_md5(line, self._salt()))
+            return self._finish(_decode_cram_md5(line, self._challenge_salt))
         if step is _Step.EXTERNAL:
             return self._finish(_decode_external(line))
         return SaslInvalid()

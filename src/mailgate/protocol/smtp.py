@@ -112,7 +112,6 @@ class SmtpPreAuth(PreAuthEngine):
         self._sasl = SaslExchange(
             cram_md5=SmtpAuth.CRAM_MD5 in enabled,
             external=SmtpAuth.EXTERNAL in enabled,
-            salt=self._session_salt,
         )
         self._helo = b""
         self._esmtp = False
@@ -168,7 +167,7 @@ class SmtpPreAuth(PreAuthEngine):
                 parser.expect_command()
                 self._answer(_INVALID_ARGUMENT)
             else:
-                self._sasl_step(self._sasl.start(args))
+                self._sasl_step(self._sasl.start(args, self._session_salt))
         elif command is SmtpCommand.QUIT:
             self._answer(_BYE)
             self._closing("quit")
