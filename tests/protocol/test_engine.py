@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from enum import Enum
 
 import pytest
@@ -179,15 +180,15 @@ def test_an_engine_is_freed_without_the_cyclic_collector(protocol: Protocol, log
         pop3=Pop3Settings(auth=frozenset({Pop3Auth.PLAIN, Pop3Auth.CRAM_MD5})),
         smtp=SmtpSettings(auth=frozenset({SmtpAuth.PLAIN, SmtpAuth.CRAM_MD5})),
     )
-    engine_class: type[PreAuthEngine] = {
+    engines: dict[Protocol, Callable[..., PreAuthEngine]] = {
         Protocol.IMAP: ImapPreAuth,
         Protocol.POP3: Pop3PreAuth,
         Protocol.SMTP: SmtpPreAuth,
-    }[protocol]
+    }
     gc.collect()
     gc.disable()
     try:
-        session = DrivenSession(engine_class(server, tls_active=True))  # type: ignore[call-arg]
+        session = DrivenSession(engines[protocol](server, tls_active=True))
         session.engine.greeting()
         session.send(*(line + b"\n" for line in login.split(b"\n") if line))
         assert credentials(session.events)
