@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mailgate.config.model import Protocol, ServerConfig, VerifyClient
 from mailgate.protocol.credentials import AuthMethod, Credentials
+from mailgate.protocol.engine import PerServer
 from mailgate.proxy.proxy_protocol import ProxyProtocolHeader
 from mailgate.tls.facts import TlsFacts
 
@@ -21,7 +22,7 @@ TEMPUNAVAIL = "[TEMPUNAVAIL]"
 
 # Bytes nginx's NGX_ESCAPE_MAIL_AUTH table escapes: controls, space and "%".
 _ESCAPED = re.compile(rb"[\x00-\x20%]")
-_ESCAPED_NAMES = frozenset(("Auth-User", "Auth-Pass", "Auth-SSL-Cert"))
+_ESCAPED_NAMES = frozenset((b"Auth-User", b"Auth-Pass", b"Auth-SSL-Cert"))
 
 
 class AuthRequestRefusedError(ValueError):
@@ -62,105 +63,120 @@ def build_auth_request(server: ServerConfig, attempt: AuthAttempt) -> bytes:
     Raises AuthRequestRefusedError when a raw (unescaped) value holds CR, LF or NUL.
     """
     credentials = attempt.credentials
-    settings = server.auth_http
-    lines: list[tuple[str, bytes]] = [
-        ("Host", settings.url.host_header.encode()),
-        ("Auth-Method", credentials.method.value.encode()),
-        ("Auth-User", escape_auth_value(credentials.login)),
-        ("Auth-Pass", escape_auth_value(credentials.password)),
+    frame = _FRAMES(server)
+    protocol = server.protocol
+    # (name, value) in nginx's order; the configured auth_http_header lines come last
+    lines: list[tuple[bytes, bytes]] = [
+        frame.host,
+        _METHOD_LINES[credentials.method],
+        (b"Auth-User", escape_auth_value(credentials.login)),
+        (b"Auth-Pass", escape_auth_value(credentials.password)),
     ]
-    salt_line = _salt_line(credentials)
-    lines += [
-        ("Auth-Protocol", server.protocol.value.encode()),
-        ("Auth-Login-Attempt", str(attempt.login_attempt).encode()),
-        ("Client-IP", attempt.client_address.encode()),
-    ]
-    if server.protocol is Protocol.SMTP:
-        lines.append(("Client-Host", attempt.smtp_client_host.encode()))
-    lines += _proxy_protocol_lines(attempt.proxy_protocol)
+    # nginx sends the session's salt with every method but plain (apop, cram-md5, and also external/none
+    # when the session already generated one), right after Auth-Pass.
+    if credentials.method is not AuthMethod.PLAIN and credentials.salt:
+        lines.append((b"Auth-Salt", credentials.salt))
+    lines += (
+        frame.protocol,
+        (b"Auth-Login-Attempt", b"%d" % attempt.login_attempt),
+        (b"Client-IP", attempt.client_address.encode()),
+    )
+    if protocol is Protocol.SMTP:
+        lines.append((b"Client-Host", attempt.smtp_client_host.encode()))
+    if attempt.proxy_protocol is not None and attempt.proxy_protocol.has_addresses:
+        lines += _proxy_protocol_lines(attempt.proxy_protocol)
     if credentials.method is AuthMethod.NONE:
-        lines += [
-            ("Auth-SMTP-Helo", credentials.smtp_helo),
-            ("Auth-SMTP-From", credentials.smtp_from),
-            ("Auth-SMTP-To", credentials.smtp_to),
-        ]
+        lines += (
+            (b"Auth-SMTP-Helo", credentials.smtp_helo),
+            (b"Auth-SMTP-From", credentials.smtp_from),
+            (b"Auth-SMTP-To", credentials.smtp_to),
+        )
     if attempt.tls is not None:
         lines += _tls_lines(server, attempt.tls)
-    lines += [(name, value.encode()) for name, value in settings.headers]
-
-    uri = settings.url.uri.encode()
-    parts = [b"GET ", uri, b" HTTP/1.0\r\n"]
-    line_ends = len(lines) + 2
-    for name, value in lines:
-        parts += (name.encode(), b": ", value, b"\r\n")
-        if name == "Auth-Pass" and salt_line is not None:
-            parts.append(salt_line)
-            line_ends += 1
-    parts.append(b"\r\n")
-    request = b"".join(parts)
+    lines += frame.configured
+    request = b"".join([frame.request_line, *[b"%s: %s\r\n" % line for line in lines], b"\r\n"])
     # Escaped values hold no CR, LF or NUL: any beyond each line's own CRLF is in a name or a raw value.
+    line_ends = len(lines) + 2
     if b"\x00" in request or request.count(b"\r") != line_ends or request.count(b"\n") != line_ends:
-        _refuse_first_unsafe(lines, len(lines) - len(settings.headers), uri)
+        _refuse_first_unsafe(lines, len(lines) - len(frame.configured), frame.uri)
     return request
 
 
-def _salt_line(credentials: Credentials) -> bytes | None:
-    # nginx sends the session's salt with every method but plain (apop, cram-md5, and also external/none
-    # when the session already generated one), right after Auth-Pass; the salt line carries its own CRLF.
-    if credentials.method is AuthMethod.PLAIN or not credentials.salt:
-        return None
-    _refuse_unsafe("Auth-Salt", credentials.salt)
-    return b"Auth-Salt: " + credentials.salt + b"\r\n"
+@dataclass(frozen=True)
+class _RequestFrame:
+    """What every auth request of one server holds: its request line, Host, protocol and configured
+    headers (built once per server)."""
+
+    uri: bytes
+    request_line: bytes
+    host: tuple[bytes, bytes]
+    protocol: tuple[bytes, bytes]
+    configured: tuple[tuple[bytes, bytes], ...]
 
 
-def _proxy_protocol_lines(header: ProxyProtocolHeader | None) -> list[tuple[str, bytes]]:
-    if header is None or not header.has_addresses:
-        return []
+def _request_frame(server: ServerConfig) -> _RequestFrame:
+    url = server.auth_http.url
+    uri = url.uri.encode()
+    return _RequestFrame(
+        uri=uri,
+        request_line=b"GET " + uri + b" HTTP/1.0\r\n",
+        host=(b"Host", url.host_header.encode()),
+        protocol=(b"Auth-Protocol", server.protocol.value.encode()),
+        configured=tuple((name.encode(), value.encode()) for name, value in server.auth_http.headers),
+    )
+
+
+_FRAMES = PerServer(_request_frame)
+_METHOD_LINES = {method: (b"Auth-Method", method.value.encode()) for method in AuthMethod}
+
+
+def _proxy_protocol_lines(header: ProxyProtocolHeader) -> list[tuple[bytes, bytes]]:
     return [
-        ("Proxy-Protocol-Addr", (header.source_addr or "").encode()),
-        ("Proxy-Protocol-Port", str(header.source_port or 0).encode()),
-        ("Proxy-Protocol-Server-Addr", (header.destination_addr or "").encode()),
-        ("Proxy-Protocol-Server-Port", str(header.destination_port or 0).encode()),
+        (b"Proxy-Protocol-Addr", (header.source_addr or "").encode()),
+        (b"Proxy-Protocol-Port", str(header.source_port or 0).encode()),
+        (b"Proxy-Protocol-Server-Addr", (header.destination_addr or "").encode()),
+        (b"Proxy-Protocol-Server-Port", str(header.destination_port or 0).encode()),
     ]
 
 
-def _tls_lines(server: ServerConfig, tls: TlsFacts) -> list[tuple[str, bytes]]:
-    lines: list[tuple[str, bytes]] = [("Auth-SSL", b"on")]
+def _tls_lines(server: ServerConfig, tls: TlsFacts) -> list[tuple[bytes, bytes]]:
+    lines: list[tuple[bytes, bytes]] = [(b"Auth-SSL", b"on")]
     if tls.protocol:
-        lines.append(("Auth-SSL-Protocol", tls.protocol.encode()))
+        lines.append((b"Auth-SSL-Protocol", tls.protocol.encode()))
     if tls.cipher:
-        lines.append(("Auth-SSL-Cipher", tls.cipher.encode()))
+        lines.append((b"Auth-SSL-Cipher", tls.cipher.encode()))
     if server.ssl.verify_client is VerifyClient.OFF:
         return lines
     if tls.verify:
-        lines.append(("Auth-SSL-Verify", tls.verify.encode()))
+        lines.append((b"Auth-SSL-Verify", tls.verify.encode()))
     certificate = tls.certificate
     if certificate is None:
         return lines
     for name, value in (
-        ("Auth-SSL-Subject", certificate.subject),
-        ("Auth-SSL-Issuer", certificate.issuer),
-        ("Auth-SSL-Serial", certificate.serial),
-        ("Auth-SSL-Fingerprint", certificate.fingerprint),
+        (b"Auth-SSL-Subject", certificate.subject),
+        (b"Auth-SSL-Issuer", certificate.issuer),
+        (b"Auth-SSL-Serial", certificate.serial),
+        (b"Auth-SSL-Fingerprint", certificate.fingerprint),
     ):
         if value:
             lines.append((name, value.encode()))
     if server.auth_http.pass_client_cert and certificate.pem:
-        lines.append(("Auth-SSL-Cert", escape_auth_value(certificate.pem)))
+        lines.append((b"Auth-SSL-Cert", escape_auth_value(certificate.pem)))
     return lines
 
 
-def _refuse_first_unsafe(lines: list[tuple[str, bytes]], configured_from: int, uri: bytes) -> None:
+def _refuse_first_unsafe(lines: list[tuple[bytes, bytes]], configured_from: int, uri: bytes) -> None:
     """Raise for the first name or raw value, in request order, that holds CR, LF or NUL (the names from
     `configured_from` on are `auth_http_header` names; the others are ours)."""
     for index, (name, value) in enumerate(lines):
         if index >= configured_from:
-            _refuse_unsafe(name, name.encode())
+            _refuse_unsafe(name, name)
         if name not in _ESCAPED_NAMES:
             _refuse_unsafe(name, value)
-    _refuse_unsafe("request line", uri)
+    _refuse_unsafe(b"request line", uri)
 
 
-def _refuse_unsafe(name: str, value: bytes) -> None:
+def _refuse_unsafe(name: bytes, value: bytes) -> None:
     if b"\r" in value or b"\n" in value or b"\x00" in value:
-        raise AuthRequestRefusedError(f'auth http request not sent: "{name}" value contains CR, LF or NUL')
+        shown = name.decode("utf-8", "backslashreplace")
+        raise AuthRequestRefusedError(f'auth http request not sent: "{shown}" value contains CR, LF or NUL')
