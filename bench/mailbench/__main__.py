@@ -193,8 +193,24 @@ def machine_facts(nginx: str, mailgate: str) -> dict[str, str]:
         "nginx": first_line([nginx, "-v"]),
         "mailgate": first_line([mailgate, "-v"]),
         "openssl": first_line(["openssl", "version"]),
-        "python": platform.python_version(),
+        "python": _interpreter_of(mailgate),
     }
+
+
+def _interpreter_of(mailgate: str) -> str:
+    """The Python a mailgate script runs on: its version and the executable its venv was made from."""
+    python = Path(mailgate).parent / "python"
+    described = subprocess.run(
+        [str(python), "-c", "import platform, sys; print(platform.python_version(), sys._base_executable)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if len(described) != 2:
+        return "?"
+    version, executable = described
+    tools = platform.python_version()
+    return f"{version} ({Path(executable).resolve()}) for mailgate; the bench's own tools: {tools}"
 
 
 def write_docs(record: RunRecord) -> None:

@@ -23,7 +23,8 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
     ("kernel (system calls, loopback TCP)", re.compile(r"^\[kernel")),
     ("libc (malloc, memcpy, system call stubs)", re.compile(r"^libc\.so|^\[vdso\]")),
     ("nginx's own code", re.compile(r"^nginx$|^ngx_.*\.so$")),
-    ("Python interpreter (libpython)", re.compile(r"^libpython")),
+    # Debian's python3.11 has the interpreter linked into the executable; pyenv's builds load libpython.
+    ("Python interpreter (libpython)", re.compile(r"^libpython|^python3(\.\d+)?$")),
     ("event loop (uvloop, libuv)", re.compile(r"^loop\.cpython")),
     ("mailgate's C layer (_io: sockets, TLS calls, relay)", re.compile(r"^_io\.cpython")),
     ("CPython extension modules (_ssl, _asyncio, _socket, ctypes, libffi)", re.compile(r"cpython|^libffi")),
