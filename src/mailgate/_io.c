@@ -10,7 +10,9 @@
  * Peer     one connection (the client's or the backend's): reads on demand (only when a read is waited
  *          for, or in the relay), writes through its own output buffer, and can become the server end of
  *          TLS (start_tls). TLS runs on the connection's socket through a BIO of ours: reads go straight
- *          to recv(), writes gather in the output buffer and leave in one send() per flight.
+ *          to recv(), writes gather in the output buffer and leave in one send() per flight. A connection
+ *          under way (Peer.connect) takes writes and reads at once: they wait for the connect, without a
+ *          wake-up of the session in between (failed_in tells a failed connect from a failed send).
  * Relay    pipes two Peers into each other, in C, until one side ends (rules in mailgate/proxy/relay.py).
  *
  * Everything runs on the event loop's thread with the GIL held. Futures are the event loop's own; they are
@@ -186,6 +188,8 @@ enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_OPEN, TLS_CLOSING, TLS_CLOSED };
 #define P_WRITE_EOF_DONE 0x0200
 #define P_PULLING 0x0400 /* in peer_pull: a relay must not start another read of it (the scratch buffer) */
 #define P_WRITING 0x0800 /* in tls_write: a relay must not write to it again before it is done */
+#define P_CONNECT_FAILED 0x1000 /* lost while connecting: the connect() itself failed */
+#define P_SEND_FAILED 0x2000    /* lost because a send() failed */
 
 struct PeerObject {
     PyObject_HEAD
@@ -985,6 +989,7 @@ peer_flush(PeerObject *p)
             break;
         }
         PyObject *error = os_error(n < 0 ? errno : EPIPE);
+        p->flags |= P_SEND_FAILED;
         peer_lost(p, error);
         Py_XDECREF(error);
         return;
@@ -1027,6 +1032,7 @@ peer_send(PeerObject *p, const char *data, size_t n)
                 break;
             }
             PyObject *error = os_error(errno);
+            p->flags |= P_SEND_FAILED;
             peer_lost(p, error);
             Py_XDECREF(error);
             return;
@@ -1139,10 +1145,15 @@ peer_connected(PeerObject *p)
     if (error == 0) {
         p->flags &= ~P_CONNECTING;
         resolve(&p->connect_waiter, Py_None);
+        /* what was written and read while connecting: sent now, and a waiting read served */
+        if (p->out.len)
+            peer_flush(p);
+        if (p->fd >= 0 && (p->flags & P_READABLE) && peer_wants_input(p))
+            peer_pull(p);
         return;
     }
     PyObject *e = os_error(error);
-    p->flags &= ~P_CONNECTING;
+    p->flags = (p->flags & ~P_CONNECTING) | P_CONNECT_FAILED;
     peer_lost(p, e);
     Py_XDECREF(e);
 }
@@ -2153,6 +2164,16 @@ Peer_get_is_closed(PeerObject *p, void *closure)
 }
 
 static PyObject *
+Peer_get_failed_in(PeerObject *p, void *closure)
+{
+    if (p->flags & P_CONNECT_FAILED)
+        return PyUnicode_FromString("connect");
+    if (p->flags & P_SEND_FAILED)
+        return PyUnicode_FromString("send");
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Peer_get_receive_error(PeerObject *p, void *closure)
 {
     if (p->error != NULL && PyObject_IsInstance(p->error, PyExc_OSError) == 1) {
@@ -2284,6 +2305,8 @@ static PyGetSetDef Peer_getset[] = {
     {"at_eof", (getter)Peer_get_at_eof, NULL, "The peer sends no more and every byte was read.", NULL},
     {"input_ended", (getter)Peer_get_input_ended, NULL, "The peer sends no more (EOF, close_notify).", NULL},
     {"is_closed", (getter)Peer_get_is_closed, NULL, "The connection is gone.", NULL},
+    {"failed_in", (getter)Peer_get_failed_in, NULL,
+     "Where a connection that failed broke: 'connect', 'send', or None (a receive, or no failure).", NULL},
     {"receive_error", (getter)Peer_get_receive_error, NULL,
      "Why the connection was lost, when it was an error (a reset, a TLS failure) rather than a close.", NULL},
     {"write_buffer_size", (getter)Peer_get_write_buffer_size, NULL, "Bytes written and not sent yet.", NULL},

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 HALF_CLOSE_QUIET: float
 
@@ -51,6 +51,8 @@ class Peer:
     def input_ended(self) -> bool: ...
     @property
     def is_closed(self) -> bool: ...
+    @property
+    def failed_in(self) -> Literal["connect", "send"] | None: ...
     @property
     def receive_error(self) -> OSError | None: ...
     @property

@@ -86,8 +86,8 @@ async def authenticate(
 async def _exchange(
     server: ServerConfig, request: bytes, reader: AuthResponseReader, reactor: Reactor, deadline: float
 ) -> AuthDecision:
-    """One auth connection: the request once connected, then the reply fed to the reader until it decides
-    or the connection ends. TimeoutError past `deadline`."""
+    """One auth connection: the request (sent once connected), then the reply fed to the reader until it
+    decides or the connection ends. TimeoutError past `deadline`."""
     url = server.auth_http.url
     try:
         peer = Peer.connect(reactor, url.family, url.host, url.port)
@@ -95,19 +95,20 @@ async def _exchange(
         return _connect_failed(url, error)
     try:
         peer.set_deadline(deadline)
-        try:
-            await peer.connected()
-        except OSError as error:
-            return _connect_failed(url, error)
+        # Written and read while the connect is under way: the connection sends the request once connected,
+        # without waking this coroutine in between; where it failed says which error nginx would log.
         peer.write(request)
-        if peer.is_closed:  # a failed write closes the connection at once
-            failure = peer.receive_error or ConnectionResetError("Connection lost")
-            return InternalError(f"send() failed ({_describe(failure)})")
         while True:
             data = await peer.read()
             if not data:
-                if peer.receive_error is not None:
-                    return InternalError(f"recv() failed ({_describe(peer.receive_error)})")
+                failure = peer.receive_error
+                if peer.failed_in == "connect":
+                    assert failure is not None
+                    return _connect_failed(url, failure)
+                if peer.failed_in == "send":
+                    return InternalError(f"send() failed ({_describe(failure or ConnectionResetError())})")
+                if failure is not None:
+                    return InternalError(f"recv() failed ({_describe(failure)})")
                 return reader.feed_eof()
             decision = reader.feed(data)
             if not isinstance(decision, NeedMore):

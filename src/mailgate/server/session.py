@@ -561,20 +561,12 @@ class Session:
         self.action = login.action
         try:
             peer = Peer.connect(self.runtime.reactor, backend.family, backend.address, backend.port)
-            self.backend = peer
-            peer.set_deadline(deadline)
-            await peer.connected()
-        except TimeoutError:
-            self.record.close_reason = "backend timed out"
-            self._backend_failed(client, login.timed_out())
         except OSError as error:
-            described = f"({error.errno}: {error.strerror})"
-            if error.errno in _ASYNC_CONNECT_ERRORS:
-                self._log(LogLevel.ERROR, f"recv() failed {described}", UpstreamAction.READING_RESPONSE)
-            else:
-                self._log(LogLevel.ERROR, f"connect() to {backend.upstream} failed {described}")
-            self.record.close_reason = "backend connect failed"
-            self._internal_error(client, engine)
+            self._backend_connect_failed(client, engine, backend, error)
+        self.backend = peer
+        peer.set_deadline(deadline)
+        # The PROXY header and the login are written and read while the connect is under way: the
+        # connection sends them once connected, without waking the session in between.
         version = self.server.proxy.proxy_protocol
         if version is not ProxyProtocolOut.OFF:  # only then: our local address costs a system call
             header = build_proxy_header(version, self.client_address, self.local_address, self._tls_facts())
@@ -588,6 +580,9 @@ class Session:
             finally:
                 login.answered(peer.exchanged)
                 self.action = login.action
+            if peer.failed_in == "connect":
+                assert peer.receive_error is not None
+                self._backend_connect_failed(client, engine, backend, peer.receive_error)
             while True:
                 events = login.receive_data(data)
                 self.action = login.action
@@ -604,6 +599,17 @@ class Session:
             self._backend_failed(client, login.timed_out())
         finally:
             peer.set_deadline(None)
+
+    def _backend_connect_failed(
+        self, client: Peer, engine: PreAuthEngine, backend: Backend, error: OSError
+    ) -> NoReturn:
+        described = f"({error.errno}: {error.strerror})"
+        if error.errno in _ASYNC_CONNECT_ERRORS:
+            self._log(LogLevel.ERROR, f"recv() failed {described}", UpstreamAction.READING_RESPONSE)
+        else:
+            self._log(LogLevel.ERROR, f"connect() to {backend.upstream} failed {described}")
+        self.record.close_reason = "backend connect failed"
+        self._internal_error(client, engine)
 
     def _backend_failed(self, client: Peer, failure: Failed) -> NoReturn:
         if failure.log_message:
