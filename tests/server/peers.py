@@ -37,10 +37,30 @@ class PeerServer:
 
 
 async def connect_peer(port: int) -> Peer:
-    """A Peer connected to 127.0.0.1:`port`, as a session connects to its backend."""
+    """A Peer connected to 127.0.0.1:`port`, its connect awaited."""
     peer = Peer.connect(reactor_of(asyncio.get_running_loop()), socket.AF_INET, "127.0.0.1", port)
     await peer.connected()
     return peer
+
+
+def connecting_peer() -> tuple[socket.socket, Peer]:
+    """A non-blocking listener on 127.0.0.1 and a Peer whose connect to it is under way (not accepted yet)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    peer = Peer.connect(reactor_of(asyncio.get_running_loop()), socket.AF_INET, "127.0.0.1", port)
+    return listener, peer
+
+
+async def expect(sock: socket.socket, expected: bytes) -> None:
+    """The (non-blocking) socket receives `expected` next."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < len(expected):
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, len(expected) - len(data)), 5)
+        assert chunk
+        data += chunk
+    assert data == expected
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

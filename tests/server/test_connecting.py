@@ -8,7 +8,7 @@ import errno
 import socket
 
 from mailgate.proxy.relay import Peer, reactor_of
-from tests.server.peers import run
+from tests.server.peers import connecting_peer, expect, run
 
 
 def free_port() -> int:
@@ -20,18 +20,13 @@ def free_port() -> int:
 def test_what_is_written_before_the_connect_is_sent_once_connected_and_the_read_gets_the_reply() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = Peer.connect(reactor_of(loop), socket.AF_INET, "127.0.0.1", listener.getsockname()[1])
+        listener, peer = connecting_peer()
         peer.write(b"GET /auth HTTP/1.0\r\n")
         peer.write(b"\r\n")
         reply = asyncio.ensure_future(peer.read())  # waited for before the connect completed
         backend, _ = await loop.sock_accept(listener)
         listener.close()
-        received = b""
-        while not received.endswith(b"\r\n\r\n"):
-            received += await asyncio.wait_for(loop.sock_recv(backend, 100), 5)
-        assert received == b"GET /auth HTTP/1.0\r\n\r\n"  # in order, whole
+        await expect(backend, b"GET /auth HTTP/1.0\r\n\r\n")  # in order, whole
         await loop.sock_sendall(backend, b"HTTP/1.0 200 OK\r\n\r\n")
         assert await asyncio.wait_for(reply, 5) == b"HTTP/1.0 200 OK\r\n\r\n"
         assert peer.failed_in is None
@@ -60,19 +55,13 @@ def test_a_refused_connect_ends_the_waiting_read_and_is_told_apart() -> None:
 def test_an_exchange_started_while_connecting_answers_the_greeting() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = Peer.connect(reactor_of(loop), socket.AF_INET, "127.0.0.1", listener.getsockname()[1])
+        listener, peer = connecting_peer()
         peer.write(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")  # a header written first stays first
         exchanged = asyncio.ensure_future(peer.exchange(((b"* OK", b"a LOGIN bob pw\r\n"),), 4096))
         backend, _ = await loop.sock_accept(listener)
         listener.close()
         await loop.sock_sendall(backend, b"* OK ready\r\n")
-        expected = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\na LOGIN bob pw\r\n"
-        received = b""
-        while len(received) < len(expected):
-            received += await asyncio.wait_for(loop.sock_recv(backend, 100), 5)
-        assert received == expected
+        await expect(backend, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\na LOGIN bob pw\r\n")
         await loop.sock_sendall(backend, b"a OK\r\n")
         assert await asyncio.wait_for(exchanged, 5) == b"a OK\r\n"
         assert peer.exchanged == 1

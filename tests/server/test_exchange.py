@@ -7,33 +7,19 @@ import socket
 
 import pytest
 
-from mailgate.proxy.relay import Peer, reactor_of
-from tests.server.peers import run
+from mailgate.proxy.relay import Peer
+from tests.server.peers import connecting_peer, expect, run
 
 LOGIN = ((b"* OK", b"a LOGIN {3}\r\n"), (b"+", b"bob {2}\r\n"), (b"+", b"pw\r\n"))
 
 
 async def backend_and_peer() -> tuple[socket.socket, Peer]:
     """A blocking-free backend socket and the Peer connected to it."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    loop = asyncio.get_running_loop()
-    peer = Peer.connect(reactor_of(loop), socket.AF_INET, "127.0.0.1", listener.getsockname()[1])
-    backend, _ = await loop.sock_accept(listener)
+    listener, peer = connecting_peer()
+    backend, _ = await asyncio.get_running_loop().sock_accept(listener)
     listener.close()
     await peer.connected()
     return backend, peer
-
-
-async def expect(backend: socket.socket, expected: bytes) -> None:
-    """The backend receives `expected` next."""
-    loop = asyncio.get_running_loop()
-    data = b""
-    while len(data) < len(expected):
-        chunk = await asyncio.wait_for(loop.sock_recv(backend, len(expected) - len(data)), 5)
-        assert chunk
-        data += chunk
-    assert data == expected
 
 
 def test_each_reply_starting_with_its_prefix_is_answered_and_the_next_one_is_read() -> None:
