@@ -221,6 +221,7 @@ struct PeerObject {
     PyObject *exchange_steps; /* tuple of (prefix, answer) bytes pairs; NULL when not exchanging */
     Py_ssize_t exchanged;     /* steps answered by the last exchange() */
     size_t exchange_capacity;
+    RelayObject *pending_relay; /* Relay.run_after_login(): started here on the login's final reply */
 };
 
 enum front_stage { FRONT_NONE, FRONT_HANDSHAKE, FRONT_WAITING };
@@ -236,6 +237,9 @@ struct RelayObject {
     int running, finished;
     long long client_to_backend, backend_to_client;
     PyObject *done;
+    /* run_after_login(): the final reply's first bytes, what the client gets instead of its first line
+     * (None: the reply itself), the client's bytes owed to the backend, called as the relay starts */
+    PyObject *login_final, *login_replacement, *login_to_backend, *login_on_start;
 };
 
 static PyTypeObject ReactorType, PeerType, RelayType, ListenerType;
@@ -256,6 +260,11 @@ static void relay_end_of_input(RelayObject *r, PeerObject *p);
 static void relay_lost(RelayObject *r, PeerObject *p);
 static void relay_resume_towards(RelayObject *r, PeerObject *target);
 static void relay_timer_fired(RelayObject *r);
+static void relay_begin(RelayObject *r, PyObject *future, const char *to_client, size_t to_client_len,
+                        const char *to_backend, size_t to_backend_len);
+static void exchange_clear(PeerObject *p);
+static int exchange_prepare(PeerObject *p, PyObject *steps, Py_ssize_t capacity);
+static int relay_after_login(PeerObject *p);
 static void front_handshake_done(PeerObject *p);
 static void front_end(PeerObject *p, const char *stage, PyObject *error);
 static PyObject *Peer_close(PeerObject *p, PyObject *unused);
@@ -850,6 +859,7 @@ peer_wants_input(PeerObject *p)
 }
 
 static void peer_write(PeerObject *p, const char *data, size_t n);
+static void serve_reader(PeerObject *p);
 
 /* Answer the replies in the input that the exchange's steps expect. 0: wait for more input; 1: the read
  * resolves now with what is in the input (a reply no step answers, or more than the capacity). As nginx
@@ -860,8 +870,11 @@ exchange_advance(PeerObject *p)
 {
     while (p->exchange_steps != NULL) {
         Py_ssize_t count = PyTuple_GET_SIZE(p->exchange_steps);
-        if (p->exchanged >= count)
+        if (p->exchanged >= count) {
+            if (p->pending_relay != NULL)
+                return relay_after_login(p);
             break;
+        }
         size_t len = p->in.len;
         const char *data = p->in.data + p->in.start;
         if (len >= p->exchange_capacity)
@@ -879,8 +892,75 @@ exchange_advance(PeerObject *p)
         if (p->flags & P_LOST)
             break;
     }
-    Py_CLEAR(p->exchange_steps);
+    exchange_clear(p);
     return p->in.len > 0 || (p->flags & (P_EOF | P_LOST));
+}
+
+/* The exchange is over, answered or not: its steps go, and a relay that was to follow it does not start. */
+static void
+exchange_clear(PeerObject *p)
+{
+    Py_CLEAR(p->exchange_steps);
+    RelayObject *r = p->pending_relay;
+    if (r != NULL) {
+        p->pending_relay = NULL;
+        Py_CLEAR(r->login_final);
+        Py_CLEAR(r->login_replacement);
+        Py_CLEAR(r->login_to_backend);
+        Py_CLEAR(r->login_on_start);
+        Py_DECREF(r);
+    }
+}
+
+/* Every step answered: the login's final reply, judged as exchange_advance judges a step's. 0: wait for
+ * more input, or the relay started (the read's future is now the relay's); 1: the read resolves with the
+ * reply, for the session to judge. */
+static int
+relay_after_login(PeerObject *p)
+{
+    RelayObject *r = p->pending_relay;
+    size_t len = p->in.len;
+    const char *data = p->in.data + p->in.start;
+    if (len < p->exchange_capacity && (len < 4 || data[len - 2] != '\r' || data[len - 1] != '\n'))
+        return 0;
+    size_t prefix_len = (size_t)PyBytes_GET_SIZE(r->login_final);
+    if (len >= p->exchange_capacity || len < prefix_len ||
+        memcmp(data, PyBytes_AS_STRING(r->login_final), prefix_len) != 0 || p->read_waiter == NULL) {
+        exchange_clear(p);
+        return 1;
+    }
+    Py_INCREF(r);
+    PyObject *future = p->read_waiter;
+    p->read_waiter = NULL;
+    PyObject *to_backend = r->login_to_backend, *on_start = r->login_on_start, *replacement = r->login_replacement;
+    r->login_to_backend = r->login_on_start = r->login_replacement = NULL;
+    /* The reply stays in the input, which the relay sends the client first; a replacement takes the place
+     * of its first line. */
+    const char *to_client = "";
+    size_t to_client_len = 0;
+    if (replacement != NULL && replacement != Py_None) {
+        size_t line_end = (size_t)((const char *)memmem(data, len, "\r\n", 2) - data) + 2;
+        buffer_consume_keeping(&p->in, line_end, 0);
+        to_client = PyBytes_AS_STRING(replacement);
+        to_client_len = (size_t)PyBytes_GET_SIZE(replacement);
+    }
+    exchange_clear(p);
+    /* the login's deadlines end with it: the relay has its own timeout */
+    timer_cancel(p->reactor, &p->deadline);
+    timer_cancel(r->client->reactor, &r->client->deadline);
+    if (on_start != NULL && on_start != Py_None) {
+        PyObject *result = PyObject_CallNoArgs(on_start);
+        if (result == NULL)
+            PyErr_WriteUnraisable(on_start);
+        Py_XDECREF(result);
+    }
+    relay_begin(r, future, to_client, to_client_len, PyBytes_AS_STRING(to_backend),
+                (size_t)PyBytes_GET_SIZE(to_backend));
+    Py_XDECREF(replacement);
+    Py_DECREF(to_backend);
+    Py_XDECREF(on_start);
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Plaintext from the peer: to the relay, or to the buffer for read(). */
@@ -899,6 +979,13 @@ peer_deliver(PeerObject *p, const char *data, size_t n)
         front_end(p, "greeted", NULL); /* the client's first command: the session takes over */
         return;
     }
+    serve_reader(p);
+}
+
+/* A waiting read, resolved with the input (unless an exchange answers it or waits for more). */
+static void
+serve_reader(PeerObject *p)
+{
     if (p->read_waiter != NULL && (p->exchange_steps == NULL || exchange_advance(p)) && p->read_waiter != NULL) {
         PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
         if (bytes == NULL) {
@@ -916,7 +1003,7 @@ wake_reader_at_end(PeerObject *p)
 {
     if (p->read_waiter == NULL)
         return;
-    Py_CLEAR(p->exchange_steps);
+    exchange_clear(p);
     PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
     if (bytes == NULL) {
         PyErr_Clear();
@@ -1188,6 +1275,8 @@ peer_deadline_fired(PeerObject *p)
         return;
     }
     if (p->read_waiter != NULL || p->drain_waiter != NULL || p->connect_waiter != NULL) {
+        if (p->read_waiter != NULL)
+            exchange_clear(p);
         PyObject *e = exception0(PyExc_TimeoutError);
         if (e == NULL) {
             PyErr_Clear();
@@ -1718,7 +1807,7 @@ static PyObject *wait_for_input(PeerObject *p);
 static PyObject *
 Peer_read(PeerObject *p, PyObject *unused)
 {
-    Py_CLEAR(p->exchange_steps); /* left by an exchange() whose wait failed */
+    exchange_clear(p); /* left by an exchange() whose wait failed */
     if (p->read_waiter != NULL && future_done(p->read_waiter))
         Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
     if (p->read_waiter != NULL) {
@@ -1759,6 +1848,36 @@ wait_for_input(PeerObject *p)
     return future;
 }
 
+/* Checks and sets up an exchange's steps; -1 with an exception set when it cannot start. */
+static int
+exchange_prepare(PeerObject *p, PyObject *steps, Py_ssize_t capacity)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
+        PyObject *step = PyTuple_GET_ITEM(steps, i);
+        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(step, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(step, 1))) {
+            PyErr_SetString(PyExc_TypeError, "exchange() steps are (prefix, answer) pairs of bytes");
+            return -1;
+        }
+    }
+    if (p->tls_state != TLS_NONE || p->relay != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "exchange() is for a plain connection outside a relay");
+        return -1;
+    }
+    if (p->read_waiter != NULL && future_done(p->read_waiter))
+        Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
+    if (p->read_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already reading");
+        return -1;
+    }
+    exchange_clear(p);
+    p->exchanged = 0;
+    p->exchange_capacity = capacity > 0 ? (size_t)capacity : 0;
+    Py_INCREF(steps);
+    p->exchange_steps = steps;
+    return 0;
+}
+
 static PyObject *
 Peer_exchange(PeerObject *p, PyObject *args)
 {
@@ -1766,33 +1885,13 @@ Peer_exchange(PeerObject *p, PyObject *args)
     Py_ssize_t capacity;
     if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &steps, &capacity))
         return NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
-        PyObject *step = PyTuple_GET_ITEM(steps, i);
-        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(step, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(step, 1))) {
-            PyErr_SetString(PyExc_TypeError, "exchange() steps are (prefix, answer) pairs of bytes");
-            return NULL;
-        }
-    }
-    if (p->tls_state != TLS_NONE || p->relay != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "exchange() is for a plain connection outside a relay");
+    if (exchange_prepare(p, steps, capacity) < 0)
         return NULL;
-    }
-    if (p->read_waiter != NULL && future_done(p->read_waiter))
-        Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
-    if (p->read_waiter != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "already reading");
-        return NULL;
-    }
-    p->exchanged = 0;
-    p->exchange_capacity = capacity > 0 ? (size_t)capacity : 0;
-    Py_INCREF(steps);
-    Py_XSETREF(p->exchange_steps, steps);
     if ((p->in.len && exchange_advance(p)) || (p->flags & P_EOF))
         return Peer_read(p, NULL); /* which ends the exchange */
     PyObject *future = wait_for_input(p);
     if (future == NULL || p->read_waiter == NULL)
-        Py_CLEAR(p->exchange_steps); /* resolved or failed at once: nothing left to answer */
+        exchange_clear(p); /* resolved or failed at once: nothing left to answer */
     return future;
 }
 
@@ -2036,6 +2135,8 @@ static PyObject *
 Peer_close(PeerObject *p, PyObject *unused)
 {
     timer_cancel(p->reactor, &p->deadline);
+    if (p->read_waiter == NULL)
+        exchange_clear(p); /* a waiting read still ends it, when the connection does */
     if (p->fd < 0 || (p->flags & P_CLOSING))
         Py_RETURN_NONE;
     Py_INCREF(p);
@@ -2214,6 +2315,7 @@ Peer_traverse(PeerObject *p, visitproc visit, void *arg)
     Py_VISIT(p->front_callback);
     Py_VISIT(p->front_context);
     Py_VISIT(p->exchange_steps);
+    Py_VISIT(p->pending_relay);
     return 0;
 }
 
@@ -2228,7 +2330,7 @@ Peer_clear(PeerObject *p)
     Py_CLEAR(p->front_greeting);
     Py_CLEAR(p->front_callback);
     Py_CLEAR(p->front_context);
-    Py_CLEAR(p->exchange_steps);
+    exchange_clear(p);
     return 0;
 }
 
@@ -2467,44 +2569,30 @@ Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)r;
 }
 
-static PyObject *
-Relay_run(RelayObject *r, PyObject *args)
+/* Start relaying: `future` (a reference this takes) resolves once it ends. What each side is owed goes
+ * first: the backend's bytes after its login reply, the client's bytes pipelined behind its login, then
+ * what the peers had buffered. */
+static void
+relay_begin(RelayObject *r, PyObject *future, const char *to_client, size_t to_client_len, const char *to_backend,
+            size_t to_backend_len)
 {
-    Py_buffer to_client, to_backend;
-    if (r->running) {
-        PyErr_SetString(PyExc_RuntimeError, "the relay runs already");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "y*y*", &to_client, &to_backend))
-        return NULL;
     PeerObject *client = r->client, *backend = r->backend;
-    PyObject *future = new_future(client->reactor);
-    if (future == NULL) {
-        PyBuffer_Release(&to_client);
-        PyBuffer_Release(&to_backend);
-        return NULL;
-    }
-    Py_INCREF(future);
     r->done = future;
     r->running = 1;
     Py_INCREF(r);
     r->last_activity = monotonic_now();
-    /* What each side is owed goes first: the backend's bytes after its login reply, the client's bytes
-     * pipelined behind its login, then what the peers had buffered. */
     PyObject *backend_early = take_in(backend), *client_early = take_in(client);
     client->relay = backend->relay = r;
-    if (to_client.len)
-        relay_forward(r, backend, to_client.buf, (size_t)to_client.len);
+    if (to_client_len)
+        relay_forward(r, backend, to_client, to_client_len);
     if (backend_early != NULL && PyBytes_GET_SIZE(backend_early))
         relay_forward(r, backend, PyBytes_AS_STRING(backend_early), (size_t)PyBytes_GET_SIZE(backend_early));
-    if (to_backend.len)
-        relay_forward(r, client, to_backend.buf, (size_t)to_backend.len);
+    if (to_backend_len)
+        relay_forward(r, client, to_backend, to_backend_len);
     if (client_early != NULL && PyBytes_GET_SIZE(client_early))
         relay_forward(r, client, PyBytes_AS_STRING(client_early), (size_t)PyBytes_GET_SIZE(client_early));
     Py_XDECREF(backend_early);
     Py_XDECREF(client_early);
-    PyBuffer_Release(&to_client);
-    PyBuffer_Release(&to_backend);
     PyErr_Clear();
     PeerObject *peers[2] = {client, backend};
     for (int i = 0; i < 2 && !r->finished; i++) {
@@ -2517,10 +2605,93 @@ Relay_run(RelayObject *r, PyObject *args)
         relay_arm(r);
         peer_pull(client);
         if (!r->finished)
-            peer_pull(backend);
+            peer_pull(backend); /* nothing, when the backend is being read already (a login's last reply) */
     }
     Py_DECREF(r);
+}
+
+static PyObject *
+Relay_run(RelayObject *r, PyObject *args)
+{
+    Py_buffer to_client, to_backend;
+    if (r->running || r->backend->pending_relay == r) {
+        PyErr_SetString(PyExc_RuntimeError, "the relay runs already");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*", &to_client, &to_backend))
+        return NULL;
+    PyObject *future = new_future(r->client->reactor);
+    if (future != NULL) {
+        Py_INCREF(future);
+        relay_begin(r, future, to_client.buf, (size_t)to_client.len, to_backend.buf, (size_t)to_backend.len);
+    }
+    PyBuffer_Release(&to_client);
+    PyBuffer_Release(&to_backend);
     return future;
+}
+
+static PyObject *
+Relay_run_after_login(RelayObject *r, PyObject *args)
+{
+    PyObject *steps, *final, *replacement, *to_backend, *on_start;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTuple(args, "O!nO!OO!O", &PyTuple_Type, &steps, &capacity, &PyBytes_Type, &final, &replacement,
+                          &PyBytes_Type, &to_backend, &on_start))
+        return NULL;
+    if (replacement != Py_None && !PyBytes_Check(replacement)) {
+        PyErr_SetString(PyExc_TypeError, "run_after_login() replacement is bytes or None");
+        return NULL;
+    }
+    PeerObject *p = r->backend;
+    if (r->running || p->pending_relay != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the relay runs already");
+        return NULL;
+    }
+    if (exchange_prepare(p, steps, capacity) < 0)
+        return NULL;
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL) {
+        exchange_clear(p);
+        return NULL;
+    }
+    Py_INCREF(r);
+    p->pending_relay = r;
+    Py_INCREF(final);
+    r->login_final = final;
+    Py_INCREF(replacement);
+    r->login_replacement = replacement;
+    Py_INCREF(to_backend);
+    r->login_to_backend = to_backend;
+    Py_INCREF(on_start);
+    r->login_on_start = on_start;
+    Py_INCREF(future);
+    p->read_waiter = future;
+    Py_INCREF(p);
+    if (p->in.len)
+        serve_reader(p); /* a reply read already: answered, resolved with, or the relay starts */
+    if (p->read_waiter == future && (p->flags & P_EOF))
+        wake_reader_at_end(p);
+    if (p->read_waiter == future) {
+        peer_pull(p);
+        if (p->read_waiter == future && (p->flags & P_EXPIRED)) {
+            PyObject *e = exception0(PyExc_TimeoutError);
+            if (e == NULL)
+                PyErr_Clear();
+            else {
+                exchange_clear(p);
+                fail(&p->read_waiter, e);
+                Py_DECREF(e);
+            }
+        }
+    }
+    Py_DECREF(p);
+    return future;
+}
+
+static PyObject *
+Relay_get_running(RelayObject *r, void *closure)
+{
+    return PyBool_FromLong(r->running && !r->finished);
 }
 
 static PyObject *
@@ -2552,6 +2723,10 @@ Relay_traverse(RelayObject *r, visitproc visit, void *arg)
     Py_VISIT(r->client);
     Py_VISIT(r->backend);
     Py_VISIT(r->done);
+    Py_VISIT(r->login_final);
+    Py_VISIT(r->login_replacement);
+    Py_VISIT(r->login_to_backend);
+    Py_VISIT(r->login_on_start);
     return 0;
 }
 
@@ -2559,6 +2734,10 @@ static int
 Relay_clear(RelayObject *r)
 {
     Py_CLEAR(r->done);
+    Py_CLEAR(r->login_final);
+    Py_CLEAR(r->login_replacement);
+    Py_CLEAR(r->login_to_backend);
+    Py_CLEAR(r->login_on_start);
     return 0;
 }
 
@@ -2573,7 +2752,7 @@ Relay_dealloc(RelayObject *r)
     }
     if (r->backend != NULL && r->backend->relay == r)
         r->backend->relay = NULL;
-    Py_CLEAR(r->done);
+    Relay_clear(r);
     Py_CLEAR(r->client);
     Py_CLEAR(r->backend);
     Py_TYPE(r)->tp_free((PyObject *)r);
@@ -2583,12 +2762,21 @@ static PyMethodDef Relay_methods[] = {
     {"run", (PyCFunction)Relay_run, METH_VARARGS,
      "run(to_client, to_backend): start relaying, first writing the bytes each side is owed; a future: "
      "(reason, client_to_backend, backend_to_client, client_error) once it ends."},
+    {"run_after_login",
+     (PyCFunction)Relay_run_after_login, METH_VARARGS,
+     "run_after_login(steps, capacity, final, replacement, to_backend, on_start): the backend's "
+     "exchange(steps, capacity), then, when the login's final reply starts with `final`, the relay, without "
+     "a wake-up between: the client first gets the reply (with its first line replaced by `replacement` "
+     "unless None), the backend `to_backend`, and `on_start()` (unless None) is called as it starts. A "
+     "future: the final reply's bytes (or the read's outcome) when it does not start so, the relay's "
+     "run() outcome when it ran."},
     {"stop", (PyCFunction)Relay_stop, METH_O, "End the relay from outside, for `reason`: both sides are closed."},
     {NULL}};
 
 static PyGetSetDef Relay_getset[] = {
     {"client_to_backend", (getter)Relay_get_client_to_backend, NULL, "Bytes relayed so far.", NULL},
     {"backend_to_client", (getter)Relay_get_backend_to_client, NULL, "Bytes relayed so far.", NULL},
+    {"running", (getter)Relay_get_running, NULL, "Started (by run() or after the login) and not ended.", NULL},
     {NULL}};
 
 static PyTypeObject RelayType = {

@@ -78,7 +78,18 @@ class Relay:
     def run(
         self, to_client: bytes, to_backend: bytes
     ) -> asyncio.Future[tuple[str, int, int, OSError | None]]: ...
+    def run_after_login(
+        self,
+        steps: tuple[tuple[bytes, bytes], ...],
+        capacity: int,
+        final: bytes,
+        replacement: bytes | None,
+        to_backend: bytes,
+        on_start: Callable[[], object] | None,
+    ) -> asyncio.Future[bytes | tuple[str, int, int, OSError | None]]: ...
     def stop(self, reason: str) -> None: ...
+    @property
+    def running(self) -> bool: ...
     @property
     def client_to_backend(self) -> int: ...
     @property

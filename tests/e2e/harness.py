@@ -105,11 +105,18 @@ def render(
 
 @contextmanager
 def running_proxy(
-    kind: ProxyKind, template: str, directory: Path, *, master_process: bool = False, **values: object
+    kind: ProxyKind,
+    template: str,
+    directory: Path,
+    *,
+    master_process: bool = False,
+    log_level: str = "info",
+    **values: object,
 ) -> Iterator[RunningProxy]:
     """Run `kind` on `template` (ports allocated here, `values` for the other placeholders) until the end.
 
-    mailgate runs as a single process unless `master_process` (then with the template's worker_processes).
+    mailgate runs as a single process unless `master_process` (then with the template's worker_processes),
+    and logs at `log_level` (nginx at info).
     """
     if kind == "nginx":
         require_nginx()
@@ -126,7 +133,7 @@ def running_proxy(
     text = render(template, ports, ipv6_names, values)
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "mailgate":
-        with mailgate_server(text, directory, master_process=master_process) as mailgate:
+        with mailgate_server(text, directory, master_process=master_process, log_level=log_level) as mailgate:
             yield RunningProxy(kind, ports, mailgate.error_log, ipv6_names)
         return
     conf_file = directory / "nginx.conf"

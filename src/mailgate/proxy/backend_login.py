@@ -25,7 +25,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from mailgate.config.model import LogLevel, Protocol, ServerConfig
 from mailgate.protocol.credentials import AuthMethod, Credentials
@@ -78,6 +78,15 @@ class Failed:
 
 
 BackendLoginEvent = Send | Done | Failed
+
+
+class FinalReply(NamedTuple):
+    """The login's last reply as the connection may accept it itself (`Relay.run_after_login`): by its
+    first bytes, `prefix`; the client then gets the reply, or `replacement` in place of its first line
+    (None: the reply as it is), as `Done` would give it."""
+
+    prefix: bytes
+    replacement: bytes | None
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,16 @@ class BackendLogin(ABC):
                 break
             answers.append((prefix, step.then_send))
         return tuple(answers)
+
+    def final_reply(self, answered: int) -> FinalReply | None:
+        """How the connection may accept the login's last reply after answering the first `answered` of
+        `answers()`: None unless those reach the last step and its reply is accepted by its first bytes."""
+        if self._step_index + answered != len(self._steps) - 1:
+            return None
+        return self._final_reply(self._steps[-1].expects)
+
+    def _final_reply(self, expects: str) -> FinalReply | None:
+        return None
 
     def answered(self, count: int) -> None:
         """The connection answered the first `count` of `answers()`: this engine is where it would be had
@@ -266,6 +285,9 @@ class Pop3BackendLogin(BackendLogin):
     def _accepting_prefix(self, expects: str) -> bytes | None:
         return b"+OK"
 
+    def _final_reply(self, expects: str) -> FinalReply | None:
+        return FinalReply(b"+OK", None)
+
 
 class ImapBackendLogin(BackendLogin):
     """`<tag> LOGIN` with synchronising literals and the client's own tag; the backend's final reply
@@ -315,6 +337,10 @@ class ImapBackendLogin(BackendLogin):
 
     def _accepting_prefix(self, expects: str) -> bytes | None:
         return self._PREFIXES.get(expects)
+
+    def _final_reply(self, expects: str) -> FinalReply | None:
+        # A tag never starts with "*": a reply starting with it is the tagged one, no untagged line first.
+        return FinalReply(self._tag + b"OK", None)
 
 
 _XTEXT_SPECIAL = re.compile(rb"[\x00-\x20+=\x7f-\xff]")
@@ -411,6 +437,13 @@ class SmtpBackendLogin(BackendLogin):
     def _accepting_prefix(self, expects: str) -> bytes | None:
         # A one-line reply with that code; a multi-line one (`220-`) is judged here, after its last line.
         return {"220": b"220 ", "250": b"250 ", "220/250": None}.get(expects)
+
+    def _final_reply(self, expects: str) -> FinalReply | None:
+        if self._method_none:
+            return None  # any reply, a multi-line one judged after its last line
+        # One-line replies only, as _accepting_prefix; the last reply may also be AUTH's 235.
+        prefix = {"250": b"250 ", "235": b"235 "}.get(expects)
+        return None if prefix is None else FinalReply(prefix, SMTP_AUTH_OK)
 
     def _client_bytes(self, buffer: bytes, reply_end: int) -> bytes:
         if self._method_none:

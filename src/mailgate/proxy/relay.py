@@ -19,10 +19,12 @@ it still has to send), so the backend gets the time to answer everything the cli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailgate import _io
 from mailgate._io import HALF_CLOSE_QUIET, Peer, Reactor
+from mailgate.proxy.backend_login import FinalReply
 from mailgate.tls.failures import tls_failure
 
 __all__ = ["HALF_CLOSE_QUIET", "Peer", "Reactor", "Relay", "RelayOutcome", "reactor_of"]
@@ -70,9 +72,31 @@ class Relay:
         close_notify, as nginx closes a connection that timed out."""
         self._relay = _io.Relay(client, backend, timeout, quiet_on_timeout)
 
+    @property
+    def running(self) -> bool:
+        """Started (by `run` or after a login) and not ended yet."""
+        return self._relay.running
+
     async def run(self, to_client: bytes, to_backend: bytes) -> RelayOutcome:
         """Start relaying, first writing the bytes each side is owed, and wait for the end."""
         return RelayOutcome(*await self._relay.run(to_client, to_backend))
+
+    async def run_after_login(
+        self,
+        answers: tuple[tuple[bytes, bytes], ...],
+        capacity: int,
+        final: FinalReply,
+        to_backend: bytes,
+        on_start: Callable[[], object] | None = None,
+    ) -> bytes | RelayOutcome:
+        """The backend's `Peer.exchange(answers, capacity)` and then, when the login's final reply starts
+        with `final.prefix`, the relay (as `run`, the client getting the reply or `final.replacement` in
+        place of its first line), all without waking the caller: the relay's outcome once it ends.
+        Otherwise the reply the caller is to judge (as `exchange` resolves), and the relay has not run."""
+        result = await self._relay.run_after_login(
+            answers, capacity, final.prefix, final.replacement, to_backend, on_start
+        )
+        return result if isinstance(result, bytes) else RelayOutcome(*result)
 
     def stop(self, reason: str) -> None:
         """End the relay from outside (a shutdown deadline): both sides are closed."""

@@ -29,7 +29,14 @@ from mailgate.protocol.imap import ImapPreAuth
 from mailgate.protocol.pop3 import Pop3PreAuth
 from mailgate.protocol.smtp import SmtpPreAuth
 from mailgate.proxy.address import SocketAddress
-from mailgate.proxy.backend_login import Done, Failed, Send, UpstreamAction, backend_login_for
+from mailgate.proxy.backend_login import (
+    BackendLogin,
+    Done,
+    Failed,
+    Send,
+    UpstreamAction,
+    backend_login_for,
+)
 from mailgate.proxy.proxy_protocol import (
     PROXY_HEADER_READ_SIZE,
     BrokenProxyHeader,
@@ -245,13 +252,13 @@ class Session:
     def stop(self, reason: str) -> None:
         """End the session from outside: `shutdown timeout` (logged, as nginx logs it for relays) when a
         graceful stop ran out of time, `worker exiting` (silent) for a fast stop."""
-        if reason == "shutdown timeout" and self.relay is None:
-            self._log(LogLevel.INFO, reason)
-        if self.relay is not None:
+        if self.relay is not None and self.relay.running:
             self.relay.stop(reason)
-        else:
-            self.record.close_reason = reason
-            self._close_all()
+            return
+        if reason == "shutdown timeout":
+            self._log(LogLevel.INFO, reason)
+        self.record.close_reason = reason
+        self._close_all()
 
     async def _run(self) -> None:
         deadline = self.loop.time() + self.server.core.timeout
@@ -279,21 +286,14 @@ class Session:
         greeting = engine.greeting()
         if front is None or front.stage != "greeted":
             client.write(greeting)
-        backend, credentials = await self._pre_auth(client, engine, client_host)
-        self.action = None  # nginx names no action for the login and the end of the relay
-        self._log(LogLevel.INFO, "client logged in")
-        self.record.auth_result = "ok"
-        to_backend = engine.take_unconsumed()
-        self.relay = Relay(client, self.backend_peer, self.server.proxy.timeout, quiet_on_timeout=True)
-        self.action = "proxying"
-        outcome = await self.relay.run(backend, to_backend)
+        outcome, credentials = await self._pre_auth(client, engine, client_host)
         self._relay_finished(outcome)
         del credentials
 
-    @property
-    def backend_peer(self) -> Peer:
-        assert self.backend is not None
-        return self.backend
+    def _logged_in(self) -> None:
+        self.action = None  # nginx names no action for the login and the end of the relay
+        self._log(LogLevel.INFO, "client logged in")
+        self.action = "proxying"
 
     def _relay_finished(self, outcome: RelayOutcome) -> None:
         self.record.client_to_backend = outcome.client_to_backend
@@ -419,8 +419,8 @@ class Session:
 
     async def _pre_auth(
         self, client: Peer, engine: PreAuthEngine, client_host: str
-    ) -> tuple[bytes, Credentials]:
-        """Drive the engine until a backend session is established; returns the backend's first bytes.
+    ) -> tuple[RelayOutcome, Credentials]:
+        """Drive the engine until a backend session is established and relayed; returns how the relay ended.
 
         Waiting for the client is bounded by `timeout`, from the greeting and again after each rejected
         login: one deadline on the client Peer (not a timer per wait).
@@ -453,7 +453,6 @@ class Session:
                 attempts += 1
                 outcome = await self._authenticate(client, engine, event.credentials, attempts, client_host)
                 if outcome is not None:
-                    client.set_deadline(None)
                     return outcome, event.credentials
                 deadline = self.loop.time() + self.server.core.timeout
                 client.set_deadline(deadline)
@@ -500,8 +499,8 @@ class Session:
         credentials: Credentials,
         attempt: int,
         client_host: str,
-    ) -> bytes | None:
-        """One auth attempt: the backend's first bytes for the client, or None to continue pre-auth."""
+    ) -> RelayOutcome | None:
+        """One auth attempt: how the relay to the backend ended, or None to continue pre-auth."""
         self.action = "in http auth state"
         self.login = credentials.login.decode("utf-8", "backslashreplace")
         self.record.login = self.login
@@ -546,7 +545,7 @@ class Session:
         credentials: Credentials,
         backend: Backend,
         client_host: str,
-    ) -> bytes:
+    ) -> RelayOutcome:
         self.upstream = backend.upstream
         self.record.upstream = backend.upstream
         deadline = self.loop.time() + self.server.core.timeout
@@ -574,9 +573,44 @@ class Session:
             self.action = UpstreamAction.SENDING_PROXY_HEADER
             peer.write(header)
             self.action = login.action
+        relay = self.relay = Relay(client, peer, self.server.proxy.timeout, quiet_on_timeout=True)
+        to_backend = engine.take_unconsumed()
+        result = await self._backend_login(
+            peer, login, relay, to_backend, client=client, engine=engine, backend=backend
+        )
+        if isinstance(result, RelayOutcome):  # the connection took the last reply and relayed
+            self.action = "proxying"
+            return result
+        client.set_deadline(None)
+        self._logged_in()
+        return await relay.run(result, to_backend)
+
+    async def _backend_login(
+        self,
+        peer: Peer,
+        login: BackendLogin,
+        relay: Relay,
+        to_backend: bytes,
+        *,
+        client: Peer,
+        engine: PreAuthEngine,
+        backend: Backend,
+    ) -> bytes | RelayOutcome:
+        """The login on `peer`: the bytes the client gets first once it succeeded, or, where the connection
+        accepted its last reply itself and relayed at once, how the relay ended."""
+        capacity = self.server.proxy.buffer
         try:
             try:  # the replies a prefix accepts are answered by the connection, without a wake-up each
-                data = await peer.exchange(login.answers(), self.server.proxy.buffer)
+                answers = login.answers()
+                final = login.final_reply(len(answers))
+                if final is None:
+                    data = await peer.exchange(answers, capacity)
+                else:
+                    on_start = self._logged_in if self.log.enabled(LogLevel.INFO) else None
+                    result = await relay.run_after_login(answers, capacity, final, to_backend, on_start)
+                    if isinstance(result, RelayOutcome):
+                        return result
+                    data = result
             finally:
                 login.answered(peer.exchanged)
                 self.action = login.action
