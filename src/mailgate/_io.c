@@ -222,6 +222,9 @@ struct PeerObject {
     Py_ssize_t exchanged;     /* steps answered by the last exchange() */
     size_t exchange_capacity;
     RelayObject *pending_relay; /* Relay.run_after_login(): started here on the login's final reply */
+    /* read_auth_then_login(): how to log in to the backend an auth reply names (NULL: not reading one so),
+     * and (backend, relay, upstream) once the connection did */
+    PyObject *auth_plan, *login_started;
 };
 
 enum front_stage { FRONT_NONE, FRONT_HANDSHAKE, FRONT_WAITING };
@@ -263,8 +266,12 @@ static void relay_timer_fired(RelayObject *r);
 static void relay_begin(RelayObject *r, PyObject *future, const char *to_client, size_t to_client_len,
                         const char *to_backend, size_t to_backend_len);
 static void exchange_clear(PeerObject *p);
+static PeerObject *peer_connect_address(ReactorObject *reactor, int family, const struct sockaddr *address,
+                                        socklen_t length);
 static int exchange_prepare(PeerObject *p, PyObject *steps, Py_ssize_t capacity);
 static int relay_after_login(PeerObject *p);
+static void relay_expect_login(RelayObject *r, PyObject *final, PyObject *replacement, PyObject *to_backend,
+                               PyObject *on_start);
 static void front_handshake_done(PeerObject *p);
 static void front_end(PeerObject *p, const char *stage, PyObject *error);
 static PyObject *Peer_close(PeerObject *p, PyObject *unused);
@@ -860,6 +867,7 @@ peer_wants_input(PeerObject *p)
 
 static void peer_write(PeerObject *p, const char *data, size_t n);
 static void serve_reader(PeerObject *p);
+static int auth_advance(PeerObject *p);
 
 /* Answer the replies in the input that the exchange's steps expect. 0: wait for more input; 1: the read
  * resolves now with what is in the input (a reply no step answers, or more than the capacity). As nginx
@@ -901,6 +909,7 @@ static void
 exchange_clear(PeerObject *p)
 {
     Py_CLEAR(p->exchange_steps);
+    Py_CLEAR(p->auth_plan);
     RelayObject *r = p->pending_relay;
     if (r != NULL) {
         p->pending_relay = NULL;
@@ -949,7 +958,10 @@ relay_after_login(PeerObject *p)
     timer_cancel(p->reactor, &p->deadline);
     timer_cancel(r->client->reactor, &r->client->deadline);
     if (on_start != NULL && on_start != Py_None) {
-        PyObject *result = PyObject_CallNoArgs(on_start);
+        /* (callable, upstream) from read_auth_then_login(): the session learns where it logged in */
+        PyObject *result = PyTuple_Check(on_start)
+                               ? PyObject_CallOneArg(PyTuple_GET_ITEM(on_start, 0), PyTuple_GET_ITEM(on_start, 1))
+                               : PyObject_CallNoArgs(on_start);
         if (result == NULL)
             PyErr_WriteUnraisable(on_start);
         Py_XDECREF(result);
@@ -960,6 +972,213 @@ relay_after_login(PeerObject *p)
     Py_DECREF(to_backend);
     Py_XDECREF(on_start);
     Py_DECREF(r);
+    return 0;
+}
+
+/* An auth reply read by read_auth_then_login(): the usual one is taken here, anything else goes to the
+ * session's reader. nginx reads the reply into a buffer of this size. */
+#define AUTH_REPLY_LIMIT 1024
+
+typedef struct {
+    struct sockaddr_in address;
+    const char *server, *port;
+    size_t server_len, port_len;
+} AuthReply;
+
+static int
+ascii_alnum(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* nginx's ngx_inet_addr for the plain form the reader's expression takes (1 to 3 digits per octet). */
+static int
+plain_ipv4(const char *text, size_t len, struct in_addr *out)
+{
+    uint32_t value = 0;
+    size_t i = 0;
+    for (int octet = 0; octet < 4; octet++) {
+        if (octet > 0) {
+            if (i >= len || text[i] != '.')
+                return 0;
+            i++;
+        }
+        size_t start = i;
+        unsigned number = 0;
+        while (i < len && i - start < 3 && text[i] >= '0' && text[i] <= '9')
+            number = number * 10 + (unsigned)(text[i++] - '0');
+        if (i == start || number > 255)
+            return 0;
+        value = (value << 8) | number;
+    }
+    if (i != len || value == 0xFFFFFFFFu)
+        return 0;
+    out->s_addr = htonl(value);
+    return 1;
+}
+
+/* The reply as far as it goes: 0 incomplete, 1 not the usual reply (the reader decides), 2 the usual
+ * success: a status line, `Name: value` lines ending with CRLF and an empty line, within the first
+ * AUTH_REPLY_LIMIT bytes, with `Auth-Status: OK` (every time), one IPv4 `Auth-Server` and `Auth-Port`,
+ * and no other `Auth-` header (a user, a password, a wait or an error code are the reader's). */
+static int
+auth_reply_parse(const char *d, size_t len, AuthReply *reply)
+{
+    size_t limit = len < AUTH_REPLY_LIMIT ? len : AUTH_REPLY_LIMIT;
+    int incomplete = limit < AUTH_REPLY_LIMIT ? 0 : 1;
+    if (limit < 5)
+        return memcmp(d, "HTTP/", limit) == 0 ? incomplete : 1;
+    if (memcmp(d, "HTTP/", 5) != 0)
+        return 1;
+    size_t i = 5;
+    while (i < limit && d[i] != '\r' && d[i] != '\n')
+        i++;
+    if (i + 1 >= limit)
+        return incomplete;
+    if (d[i] != '\r' || d[i + 1] != '\n')
+        return 1;
+    i += 2;
+    int status_ok = 0;
+    reply->server = reply->port = NULL;
+    for (;;) {
+        if (i + 1 >= limit)
+            return incomplete;
+        if (d[i] == '\r') {
+            if (d[i + 1] != '\n')
+                return 1;
+            break;
+        }
+        size_t name = i;
+        if (!ascii_alnum(d[i]))
+            return 1;
+        while (i < limit && (ascii_alnum(d[i]) || d[i] == '-'))
+            i++;
+        if (i == limit)
+            return incomplete;
+        if (d[i] != ':')
+            return 1;
+        size_t name_len = i - name;
+        i++;
+        while (i < limit && d[i] == ' ')
+            i++;
+        size_t value = i;
+        while (i < limit && d[i] != '\r' && d[i] != '\n')
+            i++;
+        if (i + 1 >= limit)
+            return incomplete;
+        if (d[i] != '\r' || d[i + 1] != '\n')
+            return 1;
+        size_t value_end = i;
+        while (value_end > value && d[value_end - 1] == ' ')
+            value_end--;
+        i += 2;
+        if (name_len == 11 && strncasecmp(d + name, "auth-status", 11) == 0) {
+            if (value_end - value != 2 || memcmp(d + value, "OK", 2) != 0)
+                return 1;
+            status_ok = 1;
+        }
+        else if (name_len == 11 && strncasecmp(d + name, "auth-server", 11) == 0) {
+            reply->server = d + value;
+            reply->server_len = value_end - value;
+        }
+        else if (name_len == 9 && strncasecmp(d + name, "auth-port", 9) == 0) {
+            reply->port = d + value;
+            reply->port_len = value_end - value;
+        }
+        else if (name_len >= 5 && strncasecmp(d + name, "auth-", 5) == 0)
+            return 1;
+    }
+    if (!status_ok || reply->server == NULL || reply->port == NULL || reply->port_len == 0 || reply->port_len > 5)
+        return 1;
+    unsigned port = 0;
+    for (size_t k = 0; k < reply->port_len; k++) {
+        if (reply->port[k] < '0' || reply->port[k] > '9')
+            return 1;
+        port = port * 10 + (unsigned)(reply->port[k] - '0');
+    }
+    if (port < 1 || port > 65535)
+        return 1;
+    memset(&reply->address, 0, sizeof reply->address);
+    reply->address.sin_family = AF_INET;
+    reply->address.sin_port = htons((uint16_t)port);
+    return plain_ipv4(reply->server, reply->server_len, &reply->address.sin_addr) ? 2 : 1;
+}
+
+/* The usual success taken: the auth connection closes, the backend connection starts with the plan's
+ * login and the read's future goes to it (then to the relay). -1: not started, nothing changed. */
+static int
+auth_start_login(PeerObject *p, const AuthReply *reply)
+{
+    PeerObject *client;
+    double backend_timeout, proxy_timeout;
+    PyObject *steps, *final, *replacement, *to_backend, *on_start;
+    Py_ssize_t capacity;
+    if (p->read_waiter == NULL ||
+        !PyArg_ParseTuple(p->auth_plan, "O!ddO!nO!OO!O", &PeerType, &client, &backend_timeout, &proxy_timeout,
+                          &PyTuple_Type, &steps, &capacity, &PyBytes_Type, &final, &replacement, &PyBytes_Type,
+                          &to_backend, &on_start)) {
+        PyErr_Clear();
+        return -1;
+    }
+    char text[2 * AUTH_REPLY_LIMIT + 2];
+    int text_len = snprintf(text, sizeof text, "%.*s:%.*s", (int)reply->server_len, reply->server,
+                            (int)reply->port_len, reply->port);
+    PyObject *upstream = PyUnicode_DecodeLatin1(text, text_len, NULL);
+    PeerObject *backend = NULL;
+    RelayObject *r = NULL;
+    PyObject *started = NULL;
+    if (upstream != NULL)
+        backend = peer_connect_address(p->reactor, AF_INET, (const struct sockaddr *)&reply->address,
+                                       sizeof reply->address);
+    if (backend != NULL)
+        r = (RelayObject *)PyObject_CallFunction((PyObject *)&RelayType, "OOdi", client, backend, proxy_timeout, 1);
+    if (r != NULL)
+        started = PyTuple_Pack(3, backend, r, upstream);
+    /* on_start learns where the session logged in */
+    PyObject *callback = on_start == Py_None || started == NULL ? (Py_INCREF(Py_None), Py_None)
+                                                                  : PyTuple_Pack(2, on_start, upstream);
+    if (started == NULL || callback == NULL ||
+        timer_set(p->reactor, &backend->deadline, monotonic_now() + backend_timeout) < 0 ||
+        exchange_prepare(backend, steps, capacity) < 0) {
+        PyErr_Clear();
+        if (backend != NULL) {
+            Py_XDECREF(Peer_abort(backend, NULL));
+            PyErr_Clear();
+        }
+        Py_XDECREF(callback);
+        Py_XDECREF(started);
+        Py_XDECREF(r);
+        Py_XDECREF(backend);
+        Py_XDECREF(upstream);
+        return -1;
+    }
+    relay_expect_login(r, final, replacement, to_backend, callback);
+    Py_DECREF(callback);
+    backend->read_waiter = p->read_waiter;
+    p->read_waiter = NULL;
+    Py_XSETREF(p->login_started, started);
+    buffer_free(&p->in);
+    Py_CLEAR(p->auth_plan);
+    Py_DECREF(upstream);
+    Py_DECREF(r);
+    Py_DECREF(backend);
+    Py_XDECREF(Peer_close(p, NULL)); /* as nginx closes the auth connection once it has the reply */
+    PyErr_Clear();
+    return 0;
+}
+
+/* 0: wait for more of the reply, or the login started; 1: the read resolves with the reply. */
+static int
+auth_advance(PeerObject *p)
+{
+    AuthReply reply;
+    int verdict = auth_reply_parse(p->in.data + p->in.start, p->in.len, &reply);
+    if (verdict == 0)
+        return 0;
+    if (verdict == 1 || auth_start_login(p, &reply) < 0) {
+        Py_CLEAR(p->auth_plan);
+        return 1;
+    }
     return 0;
 }
 
@@ -986,7 +1205,8 @@ peer_deliver(PeerObject *p, const char *data, size_t n)
 static void
 serve_reader(PeerObject *p)
 {
-    if (p->read_waiter != NULL && (p->exchange_steps == NULL || exchange_advance(p)) && p->read_waiter != NULL) {
+    if (p->read_waiter != NULL && (p->exchange_steps == NULL || exchange_advance(p)) &&
+        (p->auth_plan == NULL || auth_advance(p)) && p->read_waiter != NULL) {
         PyObject *bytes = PyBytes_FromStringAndSize(p->in.data + p->in.start, (Py_ssize_t)p->in.len);
         if (bytes == NULL) {
             PyErr_Clear();
@@ -1730,13 +1950,22 @@ Peer_connect(PyObject *cls, PyObject *args)
     }
     else
         return PyErr_Format(PyExc_ValueError, "unsupported address family %d", family);
+    return (PyObject *)peer_connect_address(reactor, family, (struct sockaddr *)&address, length);
+}
+
+/* A connection under way to `address` (NULL with an exception set when it cannot even start). */
+static PeerObject *
+peer_connect_address(ReactorObject *reactor, int family, const struct sockaddr *address, socklen_t length)
+{
     if (reactor->closed) {
         PyErr_SetString(PyExc_RuntimeError, "the reactor is closed");
         return NULL;
     }
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+    if (fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
     if (family != AF_UNIX) {
         int on = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
@@ -1748,7 +1977,7 @@ Peer_connect(PyObject *cls, PyObject *args)
     }
     int result;
     do
-        result = connect(fd, (struct sockaddr *)&address, length);
+        result = connect(fd, address, length);
     while (result < 0 && errno == EINTR);
     if (result < 0 && errno != EINPROGRESS) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1765,7 +1994,7 @@ Peer_connect(PyObject *cls, PyObject *args)
         Py_DECREF(p);
         return NULL;
     }
-    return (PyObject *)p;
+    return p;
 }
 
 static PyObject *
@@ -1893,6 +2122,70 @@ Peer_exchange(PeerObject *p, PyObject *args)
     if (future == NULL || p->read_waiter == NULL)
         exchange_clear(p); /* resolved or failed at once: nothing left to answer */
     return future;
+}
+
+static PyObject *
+Peer_read_auth_then_login(PeerObject *p, PyObject *plan)
+{
+    PeerObject *client;
+    double backend_timeout, proxy_timeout;
+    PyObject *steps, *final, *replacement, *to_backend, *on_start;
+    Py_ssize_t capacity;
+    if (!PyTuple_Check(plan) ||
+        !PyArg_ParseTuple(plan, "O!ddO!nO!OO!O", &PeerType, &client, &backend_timeout, &proxy_timeout, &PyTuple_Type,
+                          &steps, &capacity, &PyBytes_Type, &final, &replacement, &PyBytes_Type, &to_backend,
+                          &on_start)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "read_auth_then_login() takes a plan tuple");
+        return NULL;
+    }
+    exchange_clear(p);
+    Py_CLEAR(p->login_started);
+    if (p->read_waiter != NULL && future_done(p->read_waiter))
+        Py_CLEAR(p->read_waiter); /* its waiter was cancelled */
+    if (p->read_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "already reading");
+        return NULL;
+    }
+    if (p->in.len || (p->flags & P_EOF))
+        return Peer_read(p, NULL); /* what is there already is the reader's */
+    PyObject *future = new_future(p->reactor);
+    if (future == NULL)
+        return NULL;
+    Py_INCREF(plan);
+    p->auth_plan = plan;
+    Py_INCREF(future);
+    p->read_waiter = future;
+    Py_INCREF(p);
+    peer_pull(p);
+    if (p->read_waiter == future && (p->flags & P_EXPIRED)) {
+        PyObject *e = exception0(PyExc_TimeoutError);
+        if (e == NULL)
+            PyErr_Clear();
+        else {
+            exchange_clear(p);
+            fail(&p->read_waiter, e);
+            Py_DECREF(e);
+        }
+    }
+    Py_DECREF(p);
+    return future;
+}
+
+static PyObject *
+Peer_get_relay(PeerObject *p, void *closure)
+{
+    PyObject *relay = p->relay != NULL ? (PyObject *)p->relay : Py_None;
+    Py_INCREF(relay);
+    return relay;
+}
+
+static PyObject *
+Peer_get_login_started(PeerObject *p, void *closure)
+{
+    PyObject *started = p->login_started != NULL ? p->login_started : Py_None;
+    Py_INCREF(started);
+    return started;
 }
 
 static PyObject *
@@ -2316,6 +2609,8 @@ Peer_traverse(PeerObject *p, visitproc visit, void *arg)
     Py_VISIT(p->front_context);
     Py_VISIT(p->exchange_steps);
     Py_VISIT(p->pending_relay);
+    Py_VISIT(p->auth_plan);
+    Py_VISIT(p->login_started);
     return 0;
 }
 
@@ -2331,6 +2626,7 @@ Peer_clear(PeerObject *p)
     Py_CLEAR(p->front_callback);
     Py_CLEAR(p->front_context);
     exchange_clear(p);
+    Py_CLEAR(p->login_started);
     return 0;
 }
 
@@ -2371,6 +2667,15 @@ static PyMethodDef Peer_methods[] = {
     {"read", (PyCFunction)Peer_read, METH_NOARGS,
      "A future: every byte received so far (at least one); b'' once the peer has closed; TimeoutError "
      "past the deadline."},
+    {"read_auth_then_login", (PyCFunction)Peer_read_auth_then_login, METH_O,
+     "read_auth_then_login((client, backend_timeout, proxy_timeout, steps, capacity, final, replacement, "
+     "to_backend, on_start)): read() of an auth reply that, when it is the usual success (Auth-Status OK, an "
+     "IPv4 Auth-Server and Auth-Port, no other Auth- header), closes this connection, connects to that "
+     "backend and runs Relay(client, backend, proxy_timeout, True).run_after_login(steps, capacity, final, "
+     "replacement, to_backend, on_start) on it within backend_timeout, without resolving in between "
+     "(on_start is called with the upstream, `Auth-Server:Auth-Port`); "
+     "login_started then tells (backend, relay, upstream) and the future resolves as that one does. "
+     "Otherwise it resolves as read() does, with the reply."},
     {"exchange", (PyCFunction)Peer_exchange, METH_VARARGS,
      "exchange(steps, capacity): read() that first answers, in order, each reply that starts with a step's "
      "prefix with the step's answer (a reply: 4 bytes or more ending with CRLF, shorter than capacity); "
@@ -2415,6 +2720,10 @@ static PyGetSetDef Peer_getset[] = {
     {"ssl", (getter)Peer_get_ssl, NULL, "The address of the connection's SSL once start_tls was called, else 0.",
      NULL},
     {"exchanged", (getter)Peer_get_exchanged, NULL, "Steps answered by the last exchange().", NULL},
+    {"relay", (getter)Peer_get_relay, NULL, "The relay this connection is in while it runs, else None.", NULL},
+    {"login_started", (getter)Peer_get_login_started, NULL,
+     "(backend, relay, upstream) once read_auth_then_login() took the reply and started the login; else None.",
+     NULL},
     {"tls_open", (getter)Peer_get_tls_open, NULL, "The handshake is done and TLS not closing.", NULL},
     {NULL}};
 
@@ -2630,6 +2939,22 @@ Relay_run(RelayObject *r, PyObject *args)
     return future;
 }
 
+/* The backend's exchange (prepared) is to end in the relay when the login's final reply starts with `final`. */
+static void
+relay_expect_login(RelayObject *r, PyObject *final, PyObject *replacement, PyObject *to_backend, PyObject *on_start)
+{
+    Py_INCREF(r);
+    r->backend->pending_relay = r;
+    Py_INCREF(final);
+    r->login_final = final;
+    Py_INCREF(replacement);
+    r->login_replacement = replacement;
+    Py_INCREF(to_backend);
+    r->login_to_backend = to_backend;
+    Py_INCREF(on_start);
+    r->login_on_start = on_start;
+}
+
 static PyObject *
 Relay_run_after_login(RelayObject *r, PyObject *args)
 {
@@ -2654,16 +2979,7 @@ Relay_run_after_login(RelayObject *r, PyObject *args)
         exchange_clear(p);
         return NULL;
     }
-    Py_INCREF(r);
-    p->pending_relay = r;
-    Py_INCREF(final);
-    r->login_final = final;
-    Py_INCREF(replacement);
-    r->login_replacement = replacement;
-    Py_INCREF(to_backend);
-    r->login_to_backend = to_backend;
-    Py_INCREF(on_start);
-    r->login_on_start = on_start;
+    relay_expect_login(r, final, replacement, to_backend, on_start);
     Py_INCREF(future);
     p->read_waiter = future;
     Py_INCREF(p);

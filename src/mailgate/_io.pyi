@@ -14,6 +14,19 @@ class Reactor:
     @property
     def connections(self) -> int: ...
 
+# (client, backend_timeout, proxy_timeout, steps, capacity, final, replacement, to_backend, on_start)
+LoginPlan = tuple[
+    Peer,
+    float,
+    float,
+    tuple[tuple[bytes, bytes], ...],
+    int,
+    bytes,
+    bytes | None,
+    bytes,
+    Callable[[str], object] | None,
+]
+
 class Peer:
     def __init__(self, reactor: Reactor, fd: int, family: int = ...) -> None: ...
     @classmethod
@@ -21,6 +34,13 @@ class Peer:
     def connected(self) -> asyncio.Future[None]: ...
     def read(self) -> asyncio.Future[bytes]: ...
     def exchange(self, steps: tuple[tuple[bytes, bytes], ...], capacity: int) -> asyncio.Future[bytes]: ...
+    def read_auth_then_login(
+        self, plan: LoginPlan
+    ) -> asyncio.Future[bytes | tuple[str, int, int, OSError | None]]: ...
+    @property
+    def login_started(self) -> tuple[Peer, Relay, str] | None: ...
+    @property
+    def relay(self) -> Relay | None: ...
     @property
     def exchanged(self) -> int: ...
     def take_buffered(self) -> bytes: ...

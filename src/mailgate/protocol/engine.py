@@ -115,9 +115,13 @@ class ClientBuffer:
         self.pos = 0
         self._pending.clear()
 
+    def unconsumed(self) -> bytes:
+        """Every byte not yet consumed, buffered or waiting, in arrival order (they stay)."""
+        return bytes(self.data[self.pos :] + self._pending)
+
     def take_unconsumed(self) -> bytes:
         """Remove and return every byte not yet consumed, buffered or waiting, in arrival order."""
-        unconsumed = bytes(self.data[self.pos :] + self._pending)
+        unconsumed = self.unconsumed()
         self.discard()
         return unconsumed
 
@@ -236,6 +240,10 @@ class PreAuthEngine(ABC):
     def take_unconsumed(self) -> bytes:
         """After `Authenticate`: the bytes the client sent behind the authenticating command."""
         return self._buffer.take_unconsumed()
+
+    def unconsumed(self) -> bytes:
+        """What `take_unconsumed` would return, left in place."""
+        return self._buffer.unconsumed()
 
     # -----------------------------------------------------------------------------------------------
     # For the protocol engines

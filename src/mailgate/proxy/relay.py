@@ -72,6 +72,13 @@ class Relay:
         close_notify, as nginx closes a connection that timed out."""
         self._relay = _io.Relay(client, backend, timeout, quiet_on_timeout)
 
+    @classmethod
+    def of(cls, relay: _io.Relay) -> Relay:
+        """The relay a connection made itself (`Peer.read_auth_then_login`)."""
+        wrapper = cls.__new__(cls)
+        wrapper._relay = relay
+        return wrapper
+
     @property
     def running(self) -> bool:
         """Started (by `run` or after a login) and not ended yet."""

@@ -14,15 +14,15 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, TypeVar
 
-from mailgate.auth.client import authenticate
+from mailgate.auth.client import LoginStarted, authenticate
 from mailgate.auth.client_host import ClientHostResolver
 from mailgate.auth.request import UNAVAILABLE, AuthAttempt
 from mailgate.auth.response import Backend, InternalError, Reject
 from mailgate.config.model import Listen, LogLevel, Protocol, ProxyProtocolOut, ServerConfig
 from mailgate.log import ErrorLog, LogContext, SessionLogEntry
-from mailgate.protocol.credentials import Credentials
+from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import PreAuthEngine
 from mailgate.protocol.events import Authenticate, Close, Log, NeedData, Reply, StartTls
 from mailgate.protocol.imap import ImapPreAuth
@@ -55,6 +55,9 @@ from mailgate.tls import (
     handshake_failure,
     tls_facts,
 )
+
+if TYPE_CHECKING:
+    from mailgate._io import LoginPlan
 
 T = TypeVar("T")
 
@@ -135,6 +138,13 @@ class SessionRecord:
         )
 
 
+class _LoginPlan(NamedTuple):
+    """A backend login prepared before the auth reply, and how its connection is to run it (LoginPlan)."""
+
+    login: BackendLogin
+    connection_plan: LoginPlan
+
+
 class Session:
     """Runs one accepted connection to its end. `run()` never raises (except cancellation)."""
 
@@ -153,7 +163,6 @@ class Session:
         "peer_address",
         "proxy_header",
         "record",
-        "relay",
         "runtime",
         "server",
         "starttls",
@@ -185,7 +194,6 @@ class Session:
         self.client_address = self.peer_address
         self.proxy_header: ProxyProtocolHeader | None = None
         self.backend: Peer | None = None
-        self.relay: Relay | None = None
         self.tls: TlsFacts | None = None
         self.starttls = False
         self.action: str | None = None
@@ -252,8 +260,9 @@ class Session:
     def stop(self, reason: str) -> None:
         """End the session from outside: `shutdown timeout` (logged, as nginx logs it for relays) when a
         graceful stop ran out of time, `worker exiting` (silent) for a fast stop."""
-        if self.relay is not None and self.relay.running:
-            self.relay.stop(reason)
+        relay = self.client.relay  # also one the auth connection started (LoginStarted)
+        if relay is not None:
+            relay.stop(reason)
             return
         if reason == "shutdown timeout":
             self._log(LogLevel.INFO, reason)
@@ -289,6 +298,10 @@ class Session:
         outcome, credentials = await self._pre_auth(client, engine, client_host)
         self._relay_finished(outcome)
         del credentials
+
+    def _logged_in_to(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._logged_in()
 
     def _logged_in(self) -> None:
         self.action = None  # nginx names no action for the login and the end of the relay
@@ -512,7 +525,16 @@ class Session:
             proxy_protocol=self.proxy_header,
             tls=self._tls_facts(),
         )
-        decision = await authenticate(self.server, request, reactor=self.runtime.reactor)
+        plan = self._login_plan(client, engine, credentials, client_host)
+        decision = await authenticate(
+            self.server,
+            request,
+            reactor=self.runtime.reactor,
+            login_plan=None if plan is None else plan.connection_plan,
+        )
+        if isinstance(decision, LoginStarted):
+            assert plan is not None
+            return await self._login_started(client, engine, plan, decision)
         if isinstance(decision, InternalError):
             self._log(decision.level, decision.message)
             self.record.auth_result = "auth service error"
@@ -538,6 +560,70 @@ class Session:
 
     # -- backend
 
+    def _login_plan(
+        self, client: Peer, engine: PreAuthEngine, credentials: Credentials, client_host: str
+    ) -> _LoginPlan | None:
+        """The backend login the usual auth reply leads to (the client's own login and password), for the
+        auth connection to start by itself; None where the session must see the reply first."""
+        if (
+            credentials.method is not AuthMethod.PLAIN
+            or self.server.proxy.proxy_protocol is not ProxyProtocolOut.OFF
+        ):
+            return None
+        login = backend_login_for(
+            self.server,
+            credentials,
+            login=credentials.login,
+            password=credentials.password,
+            client_address=self.client_address.text,
+            client_host=client_host,
+        )
+        answers = login.answers()
+        final = login.final_reply(len(answers))
+        if final is None:
+            return None
+        proxy = self.server.proxy
+        on_start = self._logged_in_to if self.log.enabled(LogLevel.INFO) else None
+        connection_plan = (
+            client,
+            self.server.core.timeout,
+            proxy.timeout,
+            answers,
+            proxy.buffer,
+            final.prefix,
+            final.replacement,
+            engine.unconsumed(),
+            on_start,
+        )
+        return _LoginPlan(login, connection_plan)
+
+    async def _login_started(
+        self, client: Peer, engine: PreAuthEngine, plan: _LoginPlan, started: LoginStarted
+    ) -> RelayOutcome:
+        """The auth connection took the auth server's success and started `plan`'s login itself."""
+        self.record.auth_result = "ok"
+        self.upstream = self.record.upstream = started.upstream
+        self.backend = peer = started.backend
+        relay = started.relay
+        login = plan.login
+        login.answered(peer.exchanged)
+        self.action = login.action
+        result = started.result
+        if isinstance(result, RelayOutcome):
+            self.action = "proxying"
+            return result
+        if result is None:
+            peer.set_deadline(None)
+            self.record.close_reason = "backend timed out"
+            self._backend_failed(client, login.timed_out())
+        to_backend = engine.take_unconsumed()
+        client_bytes = await self._judge_login(
+            peer, login, result, client=client, engine=engine, upstream=started.upstream
+        )
+        client.set_deadline(None)
+        self._logged_in()
+        return await relay.run(client_bytes, to_backend)
+
     async def _login_to_backend(
         self,
         client: Peer,
@@ -561,7 +647,7 @@ class Session:
         try:
             peer = Peer.connect(self.runtime.reactor, backend.family, backend.address, backend.port)
         except OSError as error:
-            self._backend_connect_failed(client, engine, backend, error)
+            self._backend_connect_failed(client, engine, backend.upstream, error)
         self.backend = peer
         peer.set_deadline(deadline)
         # The PROXY header and the login are written and read while the connect is under way: the
@@ -573,50 +659,51 @@ class Session:
             self.action = UpstreamAction.SENDING_PROXY_HEADER
             peer.write(header)
             self.action = login.action
-        relay = self.relay = Relay(client, peer, self.server.proxy.timeout, quiet_on_timeout=True)
+        relay = Relay(client, peer, self.server.proxy.timeout, quiet_on_timeout=True)
         to_backend = engine.take_unconsumed()
-        result = await self._backend_login(
-            peer, login, relay, to_backend, client=client, engine=engine, backend=backend
-        )
-        if isinstance(result, RelayOutcome):  # the connection took the last reply and relayed
-            self.action = "proxying"
-            return result
-        client.set_deadline(None)
-        self._logged_in()
-        return await relay.run(result, to_backend)
-
-    async def _backend_login(
-        self,
-        peer: Peer,
-        login: BackendLogin,
-        relay: Relay,
-        to_backend: bytes,
-        *,
-        client: Peer,
-        engine: PreAuthEngine,
-        backend: Backend,
-    ) -> bytes | RelayOutcome:
-        """The login on `peer`: the bytes the client gets first once it succeeded, or, where the connection
-        accepted its last reply itself and relayed at once, how the relay ended."""
         capacity = self.server.proxy.buffer
         try:
             try:  # the replies a prefix accepts are answered by the connection, without a wake-up each
                 answers = login.answers()
                 final = login.final_reply(len(answers))
                 if final is None:
-                    data = await peer.exchange(answers, capacity)
+                    result: bytes | RelayOutcome = await peer.exchange(answers, capacity)
                 else:
                     on_start = self._logged_in if self.log.enabled(LogLevel.INFO) else None
                     result = await relay.run_after_login(answers, capacity, final, to_backend, on_start)
-                    if isinstance(result, RelayOutcome):
-                        return result
-                    data = result
             finally:
                 login.answered(peer.exchanged)
                 self.action = login.action
+        except TimeoutError:
+            peer.set_deadline(None)
+            self.record.close_reason = "backend timed out"
+            self._backend_failed(client, login.timed_out())
+        if isinstance(result, RelayOutcome):  # the connection took the last reply and relayed
+            self.action = "proxying"
+            return result
+        client_bytes = await self._judge_login(
+            peer, login, result, client=client, engine=engine, upstream=backend.upstream
+        )
+        client.set_deadline(None)
+        self._logged_in()
+        return await relay.run(client_bytes, to_backend)
+
+    async def _judge_login(
+        self,
+        peer: Peer,
+        login: BackendLogin,
+        data: bytes,
+        *,
+        client: Peer,
+        engine: PreAuthEngine,
+        upstream: str,
+    ) -> bytes:
+        """The login on `peer` from the first reply its connection did not answer, `data`, on: the bytes
+        the client gets first once it succeeded."""
+        try:
             if peer.failed_in == "connect":
                 assert peer.receive_error is not None
-                self._backend_connect_failed(client, engine, backend, peer.receive_error)
+                self._backend_connect_failed(client, engine, upstream, peer.receive_error)
             while True:
                 events = login.receive_data(data)
                 self.action = login.action
@@ -635,13 +722,13 @@ class Session:
             peer.set_deadline(None)
 
     def _backend_connect_failed(
-        self, client: Peer, engine: PreAuthEngine, backend: Backend, error: OSError
+        self, client: Peer, engine: PreAuthEngine, upstream: str, error: OSError
     ) -> NoReturn:
         described = f"({error.errno}: {error.strerror})"
         if error.errno in _ASYNC_CONNECT_ERRORS:
             self._log(LogLevel.ERROR, f"recv() failed {described}", UpstreamAction.READING_RESPONSE)
         else:
-            self._log(LogLevel.ERROR, f"connect() to {backend.upstream} failed {described}")
+            self._log(LogLevel.ERROR, f"connect() to {upstream} failed {described}")
         self.record.close_reason = "backend connect failed"
         self._internal_error(client, engine)
 
