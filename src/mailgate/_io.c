@@ -1017,6 +1017,20 @@ plain_ipv4(const char *text, size_t len, struct in_addr *out)
     return 1;
 }
 
+/* At a line's end (i): 2 for CRLF, `incomplete` when the bytes so far stop short of it, 1 for anything
+ * else (a bare LF or CR, which only the reader's state machine takes). */
+static int
+line_ending(const char *d, size_t i, size_t limit, int incomplete)
+{
+    if (i == limit)
+        return incomplete;
+    if (d[i] != '\r')
+        return 1;
+    if (i + 1 == limit)
+        return incomplete;
+    return d[i + 1] == '\n' ? 2 : 1;
+}
+
 /* The reply as far as it goes: 0 incomplete, 1 not the usual reply (the reader decides), 2 the usual
  * success: a status line, `Name: value` lines ending with CRLF and an empty line, within the first
  * AUTH_REPLY_LIMIT bytes, with `Auth-Status: OK` (every time), one IPv4 `Auth-Server` and `Auth-Port`,
@@ -1033,19 +1047,19 @@ auth_reply_parse(const char *d, size_t len, AuthReply *reply)
     size_t i = 5;
     while (i < limit && d[i] != '\r' && d[i] != '\n')
         i++;
-    if (i + 1 >= limit)
-        return incomplete;
-    if (d[i] != '\r' || d[i + 1] != '\n')
-        return 1;
+    int ending = line_ending(d, i, limit, incomplete);
+    if (ending != 2)
+        return ending;
     i += 2;
     int status_ok = 0;
     reply->server = reply->port = NULL;
     for (;;) {
-        if (i + 1 >= limit)
+        if (i == limit)
             return incomplete;
-        if (d[i] == '\r') {
-            if (d[i + 1] != '\n')
-                return 1;
+        if (d[i] == '\r' || d[i] == '\n') {
+            ending = line_ending(d, i, limit, incomplete);
+            if (ending != 2)
+                return ending;
             break;
         }
         size_t name = i;
@@ -1064,10 +1078,9 @@ auth_reply_parse(const char *d, size_t len, AuthReply *reply)
         size_t value = i;
         while (i < limit && d[i] != '\r' && d[i] != '\n')
             i++;
-        if (i + 1 >= limit)
-            return incomplete;
-        if (d[i] != '\r' || d[i + 1] != '\n')
-            return 1;
+        ending = line_ending(d, i, limit, incomplete);
+        if (ending != 2)
+            return ending;
         size_t value_end = i;
         while (value_end > value && d[value_end - 1] == ' ')
             value_end--;
@@ -3575,7 +3588,30 @@ openssl_version_number(PyObject *module, PyObject *unused)
     return PyLong_FromUnsignedLong(OpenSSL_version_num());
 }
 
+/* The connection's judgement of an auth reply, for the tests that hold it to the session's reader. */
+static PyObject *
+usual_auth_success(PyObject *module, PyObject *arg)
+{
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &data, &len) < 0)
+        return NULL;
+    AuthReply reply;
+    int verdict = auth_reply_parse(data, (size_t)len, &reply);
+    if (verdict == 0)
+        Py_RETURN_FALSE;
+    if (verdict == 1)
+        Py_RETURN_NONE;
+    char address[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reply.address.sin_addr, address, sizeof address);
+    return Py_BuildValue("(siy#y#)", address, (int)ntohs(reply.address.sin_port), reply.server,
+                         (Py_ssize_t)reply.server_len, reply.port, (Py_ssize_t)reply.port_len);
+}
+
 static PyMethodDef module_methods[] = {
+    {"usual_auth_success", usual_auth_success, METH_O,
+     "usual_auth_success(reply): how read_auth_then_login() judges an auth reply: (address, port, "
+     "Auth-Server, Auth-Port) when it takes it; False while it is incomplete; None: the reader's."},
     {"shared_increment", shared_increment, METH_O,
      "shared_increment(address): atomically add one to the 64-bit counter at address (in memory shared by "
      "processes) and return the new value."},

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailgate._io import usual_auth_success
 from mailgate.auth.response import (
     NEED_MORE,
     AuthDecision,
@@ -359,3 +360,71 @@ def test_backend_ipv4_addresses_read_the_same_with_or_without_the_octet_loop(par
 
     text = b"".join(parts)
     assert response._inet_addr(text) == response._inet_addr_by_loop(text)
+
+
+# --- the connection's fast path (Peer.read_auth_then_login) against the reader -------------------------
+
+_HEADER_NAMES = st.sampled_from(
+    [b"Date", b"Content-Length", b"X-Auth", b"Date", b"Server", b"Auth-Status", b"auth-status",
+     b"AUTH-STATUS", b"Auth-Server", b"auth-server", b"Auth-Port", b"AUTH-PORT", b"Auth-User",
+     b"Auth-Pass", b"Auth-Wait", b"Auth-Error-Code", b"Auth-Foo", b"Auth Status", b"-Auth", b"Auth_Status"]
+)  # fmt: skip
+_HEADER_VALUES = st.one_of(
+    st.sampled_from(
+        [b"OK", b"ok", b"WAIT", b"Invalid login", b"", b"10.0.0.5", b"127.000.0.1", b"255.255.255.255",
+         b"0.0.0.0", b"1.2.3", b"1.2.3.4.5", b"256.1.1.1", b"::1", b"localhost", b"143", b"0", b"65535",
+         b"65536", b"00143", b"1x", b"3"]
+    ),
+    st.binary(max_size=8),
+)  # fmt: skip
+_LINE_ENDS = st.sampled_from([b"\r\n"] * 30 + [b"\n", b"\r"])
+
+
+_SERVERS = st.sampled_from(
+    [b"10.0.0.5"] * 12 + [b"127.000.0.1", b"1.2.3.4", b"255.255.255.255", b"0.0.0.0", b"1.2.3", b"1.2.3.4.5",
+     b"256.1.1.1", b"1..2.3", b"0001.2.3.4", b"::1", b"localhost", b""]
+)  # fmt: skip
+_PORTS = st.sampled_from(
+    [b"143"] * 10 + [b"1", b"65535", b"00143", b"0", b"65536", b"99999", b"1x", b"", b"-1"]
+)
+
+
+@st.composite
+def _auth_replies(draw: st.DrawFn) -> bytes:
+    """Usual replies (status line, Auth-Status OK, Auth-Server, Auth-Port) with some of their parts
+    mutated, other headers mixed in, and sometimes cut short."""
+    reply = draw(st.sampled_from([b"HTTP/1.0 200 OK"] * 6 + [b"HTTP/1.1 500 Whatever", b"", b"HTTP/"]))
+    reply += draw(_LINE_ENDS) if reply else b""
+    headers = [(b"Auth-Status", draw(st.sampled_from([b"OK"] * 8 + [b"WAIT", b"ok", b"no"])))]
+    headers += [(b"Auth-Server", draw(_SERVERS)), (b"Auth-Port", draw(_PORTS))]
+    headers += draw(st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=2))
+    for given_name, value in draw(st.permutations(headers)):
+        name = draw(st.sampled_from([given_name, given_name, given_name.lower(), given_name.upper()]))
+        before, after = draw(st.sampled_from([b"", b" ", b"  "])), draw(st.sampled_from([b"", b"", b" "]))
+        reply += name + b":" + before + value + after + draw(_LINE_ENDS)
+    reply += draw(_LINE_ENDS)
+    if draw(st.integers(0, 5)) == 0:
+        reply = reply[: draw(st.integers(0, len(reply)))]
+    return reply
+
+
+@given(_auth_replies())
+def test_a_reply_the_connection_takes_is_one_the_reader_makes_the_same_backend_of(reply: bytes) -> None:
+    taken = usual_auth_success(reply)
+    reader = AuthResponseReader(PEER, Protocol.IMAP, IMAP_PLAIN)
+    decision = reader.feed(reply)
+    if taken is False:  # incomplete, by the connection's reading: the reader waits as well
+        assert decision is NEED_MORE
+    if not taken:
+        return
+    address, port, server, port_text = taken
+    upstream = f"{server.decode('latin-1')}:{port_text.decode('latin-1')}"
+    assert decision == Backend(address, socket.AF_INET, port, b"user", b"secret", upstream)
+
+
+def test_the_connection_takes_the_usual_replies_and_leaves_the_rest() -> None:
+    usual = b"HTTP/1.0 200 OK\r\n" + OK_HEADERS + b"\r\n"
+    assert usual_auth_success(usual) == ("10.0.0.5", 143, b"10.0.0.5", b"143")
+    assert usual_auth_success(usual[:-1]) is False
+    assert usual_auth_success(OK_HEADERS + b"\r\n") is None  # no status line: the reader's
+    assert usual_auth_success(b"HTTP/1.0 200 OK\r\n" + OK_HEADERS + b"Auth-Pass: x\r\n\r\n") is None

@@ -141,6 +141,7 @@ OK_TO = b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-P
         OK_TO.replace(b"Auth-Port: 1\r\n", b"") + b"\r\n",
         OK_TO.replace(b"Auth-Status: OK\r\n", b"") + b"\r\n",
         OK_TO.replace(b"\r\n", b"\n") + b"\n",
+        OK_TO + b"\n",  # a block ended by a bare LF: complete for the reader, not to be waited on
         OK_TO.replace(b"HTTP/1.0 200 OK\r\n", b"") + b"\r\n",
         b"HTTP/1.0 200 OK\r\nAuth Status: OK\r\n\r\n",
         b"HTTP/1.0 200 OK\r\nX-Padding: " + b"x" * 1024 + b"\r\n\r\n",
