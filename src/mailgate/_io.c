@@ -2067,6 +2067,24 @@ Peer_read(PeerObject *p, PyObject *unused)
     return wait_for_input(p);
 }
 
+/* For a read waiting on `future`: what is in the socket already is read at once, even past the deadline;
+ * then, past it, the read fails. */
+static void
+pull_for_reader(PeerObject *p, PyObject *future)
+{
+    peer_pull(p);
+    if (p->read_waiter != future || !(p->flags & P_EXPIRED))
+        return;
+    PyObject *e = exception0(PyExc_TimeoutError);
+    if (e == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    exchange_clear(p);
+    fail(&p->read_waiter, e);
+    Py_DECREF(e);
+}
+
 /* read()'s future when nothing can be taken yet. */
 static PyObject *
 wait_for_input(PeerObject *p)
@@ -2170,17 +2188,7 @@ Peer_read_auth_then_login(PeerObject *p, PyObject *plan)
     Py_INCREF(future);
     p->read_waiter = future;
     Py_INCREF(p);
-    peer_pull(p);
-    if (p->read_waiter == future && (p->flags & P_EXPIRED)) {
-        PyObject *e = exception0(PyExc_TimeoutError);
-        if (e == NULL)
-            PyErr_Clear();
-        else {
-            exchange_clear(p);
-            fail(&p->read_waiter, e);
-            Py_DECREF(e);
-        }
-    }
+    pull_for_reader(p, future);
     Py_DECREF(p);
     return future;
 }
@@ -3000,19 +3008,8 @@ Relay_run_after_login(RelayObject *r, PyObject *args)
         serve_reader(p); /* a reply read already: answered, resolved with, or the relay starts */
     if (p->read_waiter == future && (p->flags & P_EOF))
         wake_reader_at_end(p);
-    if (p->read_waiter == future) {
-        peer_pull(p);
-        if (p->read_waiter == future && (p->flags & P_EXPIRED)) {
-            PyObject *e = exception0(PyExc_TimeoutError);
-            if (e == NULL)
-                PyErr_Clear();
-            else {
-                exchange_clear(p);
-                fail(&p->read_waiter, e);
-                Py_DECREF(e);
-            }
-        }
-    }
+    if (p->read_waiter == future)
+        pull_for_reader(p, future);
     Py_DECREF(p);
     return future;
 }

@@ -560,6 +560,18 @@ class Session:
 
     # -- backend
 
+    def _backend_login_for(
+        self, credentials: Credentials, login: bytes, password: bytes | None, client_host: str
+    ) -> BackendLogin:
+        return backend_login_for(
+            self.server,
+            credentials,
+            login=login,
+            password=password,
+            client_address=self.client_address.text,
+            client_host=client_host,
+        )
+
     def _login_plan(
         self, client: Peer, engine: PreAuthEngine, credentials: Credentials, client_host: str
     ) -> _LoginPlan | None:
@@ -570,14 +582,7 @@ class Session:
             or self.server.proxy.proxy_protocol is not ProxyProtocolOut.OFF
         ):
             return None
-        login = backend_login_for(
-            self.server,
-            credentials,
-            login=credentials.login,
-            password=credentials.password,
-            client_address=self.client_address.text,
-            client_host=client_host,
-        )
+        login = self._backend_login_for(credentials, credentials.login, credentials.password, client_host)
         answers = login.answers()
         final = login.final_reply(len(answers))
         if final is None:
@@ -614,15 +619,12 @@ class Session:
             return result
         if result is None:
             peer.set_deadline(None)
-            self.record.close_reason = "backend timed out"
-            self._backend_failed(client, login.timed_out())
+            self._backend_timed_out(client, login)
         to_backend = engine.take_unconsumed()
         client_bytes = await self._judge_login(
             peer, login, result, client=client, engine=engine, upstream=started.upstream
         )
-        client.set_deadline(None)
-        self._logged_in()
-        return await relay.run(client_bytes, to_backend)
+        return await self._relay_after_judged_login(client, relay, client_bytes, to_backend)
 
     async def _login_to_backend(
         self,
@@ -635,14 +637,7 @@ class Session:
         self.upstream = backend.upstream
         self.record.upstream = backend.upstream
         deadline = self.loop.time() + self.server.core.timeout
-        login = backend_login_for(
-            self.server,
-            credentials,
-            login=backend.login,
-            password=backend.password,
-            client_address=self.client_address.text,
-            client_host=client_host,
-        )
+        login = self._backend_login_for(credentials, backend.login, backend.password, client_host)
         self.action = login.action
         try:
             peer = Peer.connect(self.runtime.reactor, backend.family, backend.address, backend.port)
@@ -676,14 +671,18 @@ class Session:
                 self.action = login.action
         except TimeoutError:
             peer.set_deadline(None)
-            self.record.close_reason = "backend timed out"
-            self._backend_failed(client, login.timed_out())
+            self._backend_timed_out(client, login)
         if isinstance(result, RelayOutcome):  # the connection took the last reply and relayed
             self.action = "proxying"
             return result
         client_bytes = await self._judge_login(
             peer, login, result, client=client, engine=engine, upstream=backend.upstream
         )
+        return await self._relay_after_judged_login(client, relay, client_bytes, to_backend)
+
+    async def _relay_after_judged_login(
+        self, client: Peer, relay: Relay, client_bytes: bytes, to_backend: bytes
+    ) -> RelayOutcome:
         client.set_deadline(None)
         self._logged_in()
         return await relay.run(client_bytes, to_backend)
@@ -716,8 +715,7 @@ class Session:
                         self._backend_failed(client, event)
                 data = await peer.read()
         except TimeoutError:
-            self.record.close_reason = "backend timed out"
-            self._backend_failed(client, login.timed_out())
+            self._backend_timed_out(client, login)
         finally:
             peer.set_deadline(None)
 
@@ -731,6 +729,10 @@ class Session:
             self._log(LogLevel.ERROR, f"connect() to {upstream} failed {described}")
         self.record.close_reason = "backend connect failed"
         self._internal_error(client, engine)
+
+    def _backend_timed_out(self, client: Peer, login: BackendLogin) -> NoReturn:
+        self.record.close_reason = "backend timed out"
+        self._backend_failed(client, login.timed_out())
 
     def _backend_failed(self, client: Peer, failure: Failed) -> NoReturn:
         if failure.log_message:
