@@ -17,33 +17,13 @@ from contextlib import ExitStack
 import pytest
 
 from tests.e2e.harness import IO_TIMEOUT, Directory, LineClient, RunningProxy, running_proxy
+from tests.e2e.test_real_backends import TEMPLATE  # the same servers as at info there, here quiet
 from tests.support.authserver import AuthServer
 from tests.support.dovecot import Dovecot
 from tests.support.mailstore import MailUser, build_message
 from tests.support.postfix import Postfix
 
 MESSAGE_SIZE = 2 * 1024 * 1024
-
-TEMPLATE = """
-events {
-}
-
-mail {
-    server_name mail.example.com;
-    auth_http $auth_http;
-
-    server {
-        listen 127.0.0.1:$port_imap;
-        protocol imap;
-        imap_auth plain login;
-    }
-
-    server {
-        listen 127.0.0.1:$port_pop3;
-        protocol pop3;
-    }
-}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
 from mailgate.proxy.relay import Peer, reactor_of
 
 PeerHandler = Callable[[Peer], Coroutine[Any, Any, None]]
+T = TypeVar("T")
+
+# An IMAP backend login's replies answered by prefix (Peer.exchange steps) for user "bob", password "pw".
+IMAP_LOGIN_STEPS = ((b"* OK", b"a LOGIN {3}\r\n"), (b"+", b"bob {2}\r\n"), (b"+", b"pw\r\n"))
 
 
 class PeerServer:
@@ -61,6 +65,21 @@ async def expect(sock: socket.socket, expected: bytes) -> None:
         assert chunk
         data += chunk
     assert data == expected
+
+
+def client_pair() -> tuple[socket.socket, Peer]:
+    """A client connection as a session has it: the test's (non-blocking) end and the Peer of the other."""
+    test_end, peer_end = socket.socketpair()
+    test_end.setblocking(False)
+    peer_end.setblocking(False)  # as accepted connections are
+    return test_end, Peer(reactor_of(asyncio.get_running_loop()), peer_end.detach())
+
+
+async def started(operation: Coroutine[Any, Any, T] | asyncio.Future[T]) -> asyncio.Future[T]:
+    """`operation` under way (what it does before its first wait is done)."""
+    future = asyncio.ensure_future(operation)
+    await asyncio.sleep(0)
+    return future
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import pytest
 
-from mailgate.proxy.relay import Peer, reactor_of
-from tests.server.peers import connecting_peer, expect, run
+from tests.server.peers import IMAP_LOGIN_STEPS, client_pair, connecting_peer, expect, run, started
 
 if TYPE_CHECKING:
     from mailgate._io import LoginPlan
 
-T = TypeVar("T")
-LOGIN = ((b"* OK", b"a LOGIN {3}\r\n"), (b"+", b"bob {2}\r\n"), (b"+", b"pw\r\n"))
-
-
-async def started(operation: Coroutine[Any, Any, T] | asyncio.Future[T]) -> asyncio.Future[T]:
-    future = asyncio.ensure_future(operation)
-    await asyncio.sleep(0)
-    return future
+LOGIN = IMAP_LOGIN_STEPS
 
 
 class Setup:
@@ -32,11 +23,7 @@ class Setup:
     listener, and a backend listener the auth reply may name."""
 
     def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.client, client_peer = socket.socketpair()
-        self.client.setblocking(False)
-        client_peer.setblocking(False)
-        self.client_peer = Peer(reactor_of(loop), client_peer.detach())
+        self.client, self.client_peer = client_pair()
         self.auth_listener, self.auth_peer = connecting_peer()
         self.backend_listener = socket.create_server(("127.0.0.1", 0))
         self.backend_listener.setblocking(False)

@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from mailgate.proxy.relay import Peer
-from tests.server.peers import connecting_peer, expect, run
+from tests.server.peers import IMAP_LOGIN_STEPS, connecting_peer, expect, run
 
-LOGIN = ((b"* OK", b"a LOGIN {3}\r\n"), (b"+", b"bob {2}\r\n"), (b"+", b"pw\r\n"))
+LOGIN = IMAP_LOGIN_STEPS
 
 
 async def backend_and_peer() -> tuple[socket.socket, Peer]:

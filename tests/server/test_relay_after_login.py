@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import pytest
 
 from mailgate.proxy.backend_login import SMTP_AUTH_OK, FinalReply
-from mailgate.proxy.relay import Peer, Relay, RelayOutcome, reactor_of
-from tests.server.peers import connecting_peer, expect, run
+from mailgate.proxy.relay import Relay, RelayOutcome
+from tests.server.peers import IMAP_LOGIN_STEPS, client_pair, connecting_peer, expect, run, started
 
-LOGIN = ((b"* OK", b"a LOGIN {3}\r\n"), (b"+", b"bob {2}\r\n"), (b"+", b"pw\r\n"))
+LOGIN = IMAP_LOGIN_STEPS
 TAGGED_OK = FinalReply(b"a OK", None)
-T = TypeVar("T")
 
 
-async def started(operation: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """`operation` under way (what it does before its first wait is done)."""
-    task = asyncio.ensure_future(operation)
-    await asyncio.sleep(0)
-    return task
-
-
-async def relay_outcome(done: asyncio.Task[bytes | RelayOutcome]) -> RelayOutcome:
+async def relay_outcome(done: asyncio.Future[bytes | RelayOutcome]) -> RelayOutcome:
     outcome = await asyncio.wait_for(done, 5)
     assert isinstance(outcome, RelayOutcome)
     return outcome
@@ -41,11 +31,7 @@ class Pair:
     whose connect is under way, and the test's backend socket once accepted)."""
 
     def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.client, client_peer = socket.socketpair()
-        self.client.setblocking(False)
-        client_peer.setblocking(False)  # as accepted connections are
-        self.client_peer = Peer(reactor_of(loop), client_peer.detach())
+        self.client, self.client_peer = client_pair()
         self.listener, self.backend_peer = connecting_peer()
         self.backend: socket.socket | None = None
         self.started: list[bytes] = []  # what the client had received when on_start was called
