@@ -24,7 +24,7 @@ import uvloop
 
 from tests.e2e.harness import IO_TIMEOUT, RunningProxy, running_proxy
 from tests.support.authserver import AuthServer
-from tests.support.loopback import IPV4_LOOPBACK
+from tests.support.loopback import IPV4_LOOPBACK, wait_until
 
 SESSIONS = 32
 PROTOCOLS = ("imap", "pop3", "smtp")
@@ -242,5 +242,7 @@ def test_concurrent_sessions_move_megabytes_both_ways_through_mailgate_intact(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+    # A client is done once it has every byte; the worker logs the session's end right after closing it.
+    wait_until(lambda: running.log_text().count("proxied session done") >= SESSIONS, IO_TIMEOUT)
     assert running.log_text().count("proxied session done") == SESSIONS
     assert "[alert]" not in running.log_text()
