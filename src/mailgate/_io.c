@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_session_zone.h"
+
 /* Bytes read from a socket per recv() call, into the reactor's one scratch buffer. */
 #define SCRATCH_SIZE (256 * 1024)
 /* Plaintext taken from TLS per SSL_read() call (a record holds at most 16 KiB). */
@@ -3297,9 +3299,215 @@ shared_increment(PyObject *module, PyObject *arg)
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* The callbacks OpenSSL makes in every handshake, in C: session ticket keys, ALPN, and the new-session
- * callback's early return. Each context's state hangs off its SSL_CTX; what needs Python (a ticket-key
- * rotation in the shared zone, storing a TLS 1.2 session) calls back into it, with the GIL already held. */
+/* The shared session cache's zone (_session_zone.c) as a Python object: the configuration makes one per
+ * `ssl_session_cache shared:NAME:SIZE` before the workers fork, and the handshake callbacks below use it. */
+
+typedef struct {
+    PyObject_HEAD
+    SessionZone *zone;
+    PyObject *on_full; /* () -> None: nginx's warning that a session could not be stored, or NULL */
+} SessionZoneObject;
+
+static PyTypeObject SessionZoneType;
+
+static int
+SessionZone_init(SessionZoneObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"size", "on_full", NULL};
+    Py_ssize_t size;
+    PyObject *on_full = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|O", names, &size, &on_full))
+        return -1;
+    if (self->zone != NULL || size < 0) {
+        PyErr_SetString(PyExc_ValueError, self->zone != NULL ? "a zone is made once" : "a negative zone size");
+        return -1;
+    }
+    uint64_t seed;
+    if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_OSError, "RAND_bytes() failed");
+        return -1;
+    }
+    self->zone = session_zone_create((size_t)size, seed);
+    if (self->zone == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (on_full != Py_None) {
+        Py_INCREF(on_full);
+        self->on_full = on_full;
+    }
+    return 0;
+}
+
+static void
+SessionZone_dealloc(SessionZoneObject *self)
+{
+    if (self->zone != NULL)
+        session_zone_destroy(self->zone);
+    Py_XDECREF(self->on_full);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static SessionZone *
+zone_of(SessionZoneObject *self)
+{
+    if (self->zone == NULL)
+        PyErr_SetString(PyExc_ValueError, "the zone was not made");
+    return self->zone;
+}
+
+/* nginx warns (at most once a second, zone-wide) when a session finds no room even after eviction. */
+static void
+warn_if_full(SessionZoneObject *self, int stored)
+{
+    if (stored != ZONE_FULL || self->on_full == NULL)
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *result = PyObject_CallNoArgs(self->on_full);
+    if (result == NULL)
+        PyErr_WriteUnraisable(self->on_full);
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+}
+
+/* The clock of a zone call from Python: `now` if given (unix seconds, for tests), else the time. */
+static int
+zone_clock(PyObject *given, time_t *now)
+{
+    if (given == Py_None) {
+        *now = time(NULL);
+        return 0;
+    }
+    long long seconds = PyLong_AsLongLong(given);
+    if (seconds == -1 && PyErr_Occurred())
+        return -1;
+    *now = (time_t)seconds;
+    return 0;
+}
+
+static PyObject *
+SessionZone_store(SessionZoneObject *self, PyObject *args)
+{
+    Py_buffer id, der;
+    long timeout;
+    PyObject *given = Py_None;
+    time_t now;
+    SessionZone *zone = zone_of(self);
+    if (zone == NULL || !PyArg_ParseTuple(args, "y*y*l|O", &id, &der, &timeout, &given))
+        return NULL;
+    if (zone_clock(given, &now) < 0) {
+        PyBuffer_Release(&id);
+        PyBuffer_Release(&der);
+        return NULL;
+    }
+    int stored = session_zone_store(zone, id.buf, (size_t)id.len, der.buf, (size_t)der.len, now + timeout, now);
+    PyBuffer_Release(&id);
+    PyBuffer_Release(&der);
+    warn_if_full(self, stored);
+    return PyBool_FromLong(stored == ZONE_STORED);
+}
+
+static PyObject *
+SessionZone_fetch(SessionZoneObject *self, PyObject *args)
+{
+    Py_buffer id;
+    PyObject *given = Py_None;
+    time_t now;
+    SessionZone *zone = zone_of(self);
+    if (zone == NULL || !PyArg_ParseTuple(args, "y*|O", &id, &given))
+        return NULL;
+    if (zone_clock(given, &now) < 0) {
+        PyBuffer_Release(&id);
+        return NULL;
+    }
+    unsigned char der[ZONE_MAX_SESSION_SIZE];
+    size_t length = session_zone_fetch(zone, id.buf, (size_t)id.len, der, now);
+    PyBuffer_Release(&id);
+    if (length == 0)
+        Py_RETURN_NONE;
+    PyObject *result = PyBytes_FromStringAndSize((const char *)der, (Py_ssize_t)length);
+    OPENSSL_cleanse(der, length);
+    return result;
+}
+
+static PyObject *
+SessionZone_remove(SessionZoneObject *self, PyObject *arg)
+{
+    Py_buffer id;
+    SessionZone *zone = zone_of(self);
+    if (zone == NULL || PyObject_GetBuffer(arg, &id, PyBUF_SIMPLE) < 0)
+        return NULL;
+    session_zone_remove(zone, id.buf, (size_t)id.len);
+    PyBuffer_Release(&id);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+SessionZone_length(SessionZoneObject *self)
+{
+    SessionZone *zone = zone_of(self);
+    return zone == NULL ? -1 : (Py_ssize_t)session_zone_count(zone);
+}
+
+static PyObject *
+SessionZone_rotate_ticket_keys(SessionZoneObject *self, PyObject *args)
+{
+    long timeout;
+    long long now;
+    SessionZone *zone = zone_of(self);
+    if (zone == NULL || !PyArg_ParseTuple(args, "lL", &timeout, &now))
+        return NULL;
+    unsigned char fresh[2][ZONE_KEY_MATERIAL];
+    ZoneTicketKey keys[2];
+    if (RAND_bytes(&fresh[0][0], sizeof fresh) != 1) {
+        ERR_clear_error();
+        return PyErr_Format(PyExc_OSError, "RAND_bytes() failed");
+    }
+    int status = session_zone_rotate_keys(zone, (time_t)now, timeout,
+                                          (const unsigned char(*)[ZONE_KEY_MATERIAL])fresh, keys);
+    OPENSSL_cleanse(fresh, sizeof fresh);
+    if (status < 0)
+        return PyErr_Format(PyExc_OSError, "the shared zone's lock cannot be taken");
+    PyObject *result = Py_BuildValue("((Ly#)(Ly#))", (long long)keys[0].expire, keys[0].material,
+                                     (Py_ssize_t)ZONE_KEY_MATERIAL, (long long)keys[1].expire, keys[1].material,
+                                     (Py_ssize_t)ZONE_KEY_MATERIAL);
+    OPENSSL_cleanse(keys, sizeof keys);
+    return result;
+}
+
+static PyMethodDef SessionZone_methods[] = {
+    {"store", (PyCFunction)SessionZone_store, METH_VARARGS,
+     "store(session_id, der, timeout, now=None) -> bool: cache a session until now + timeout (False: too "
+     "large, or no room even after evicting the oldest, which on_full is told of once a second)"},
+    {"fetch", (PyCFunction)SessionZone_fetch, METH_VARARGS,
+     "fetch(session_id, now=None) -> bytes | None: an unexpired session's DER; an expired one is removed"},
+    {"remove", (PyCFunction)SessionZone_remove, METH_O, "remove(session_id)"},
+    {"rotate_ticket_keys", (PyCFunction)SessionZone_rotate_ticket_keys, METH_VARARGS,
+     "rotate_ticket_keys(timeout, now) -> ((expire, material), (expire, material)): the zone's current and "
+     "previous ticket keys after any rotation due at `now` (unix seconds; material: name, HMAC, AES as in "
+     "an 80-byte key file)"},
+    {NULL},
+};
+
+static PySequenceMethods SessionZone_sequence = {.sq_length = (lenfunc)SessionZone_length};
+
+static PyTypeObject SessionZoneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mailgate._io.SessionZone",
+    .tp_basicsize = sizeof(SessionZoneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SessionZone(size, on_full=None): a shared session cache zone of `size` bytes, shared with the "
+              "processes forked after it is made",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SessionZone_init,
+    .tp_dealloc = (destructor)SessionZone_dealloc,
+    .tp_methods = SessionZone_methods,
+    .tp_as_sequence = &SessionZone_sequence,
+};
+
+/* The callbacks OpenSSL makes in every handshake, in C: session ticket keys, ALPN, and the shared session
+ * cache's store, lookup and removal. Each context's state hangs off its SSL_CTX; only a ticket-key rotation
+ * in the shared zone calls back into Python, with the GIL already held. */
 
 #define MAX_TICKET_KEYS 16
 
@@ -3318,7 +3526,7 @@ typedef struct {
     double keys_valid_until;
     int key_count;
     TicketKey keys[MAX_TICKET_KEYS];
-    PyObject *new_session; /* (ssl_address, session_address) -> None, or NULL */
+    SessionZoneObject *zone; /* the shared session cache, or NULL */
 } ContextState;
 
 static int context_state_index = -1;
@@ -3330,7 +3538,7 @@ context_state_free(void *parent, void *pointer, CRYPTO_EX_DATA *data, int index,
     if (state == NULL)
         return;
     Py_XDECREF(state->ticket_keys);
-    Py_XDECREF(state->new_session);
+    Py_XDECREF(state->zone);
     OPENSSL_cleanse(state->keys, sizeof state->keys);
     PyMem_RawFree(state);
 }
@@ -3463,21 +3671,68 @@ alpn_select_callback(SSL *ssl, const unsigned char **out, unsigned char *out_len
     return SSL_TLSEXT_ERR_ALERT_FATAL; /* nginx's mail module refuses a client that wants another protocol */
 }
 
+static ContextState *
+zone_state_of(SSL_CTX *ctx)
+{
+    ContextState *state = SSL_CTX_get_ex_data(ctx, context_state_index);
+    return state != NULL && state->zone != NULL && state->zone->zone != NULL ? state : NULL;
+}
+
 static int
 new_session_callback(SSL *ssl, SSL_SESSION *session)
 {
-    ContextState *state = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), context_state_index);
-    if (state == NULL || state->new_session == NULL)
+    ContextState *state = zone_state_of(SSL_get_SSL_CTX(ssl));
+    if (state == NULL)
         return 0;
     /* OpenSSL reports TLS 1.3 sessions even when a ticket carries them; nginx does not store those. */
     if (SSL_version(ssl) == TLS1_3_VERSION && !(SSL_get_options(ssl) & SSL_OP_NO_TICKET))
         return 0;
-    PyObject *result = PyObject_CallFunction(state->new_session, "KK", (unsigned long long)(uintptr_t)ssl,
-                                             (unsigned long long)(uintptr_t)session);
-    if (result == NULL)
-        PyErr_WriteUnraisable(state->new_session);
-    Py_XDECREF(result);
+    int length = i2d_SSL_SESSION(session, NULL);
+    unsigned int id_length = 0;
+    const unsigned char *id = SSL_SESSION_get_id(session, &id_length);
+    if (length <= 0 || length > ZONE_MAX_SESSION_SIZE || id == NULL) {
+        ERR_clear_error();
+        return 0;
+    }
+    unsigned char der[ZONE_MAX_SESSION_SIZE];
+    unsigned char *cursor = der;
+    i2d_SSL_SESSION(session, &cursor);
+    time_t now = time(NULL);
+    int stored = session_zone_store(state->zone->zone, id, id_length, der, (size_t)length,
+                                    now + (time_t)SSL_SESSION_get_timeout(session), now);
+    OPENSSL_cleanse(der, (size_t)length);
+    warn_if_full(state->zone, stored);
     return 0; /* OpenSSL keeps its own reference */
+}
+
+static SSL_SESSION *
+get_session_callback(SSL *ssl, const unsigned char *id, int id_length, int *copy)
+{
+    *copy = 0; /* the session returned is the caller's */
+    ContextState *state = zone_state_of(SSL_get_SSL_CTX(ssl));
+    if (state == NULL || id_length <= 0)
+        return NULL;
+    unsigned char der[ZONE_MAX_SESSION_SIZE];
+    size_t length = session_zone_fetch(state->zone->zone, id, (size_t)id_length, der, time(NULL));
+    if (length == 0)
+        return NULL;
+    const unsigned char *cursor = der;
+    SSL_SESSION *session = d2i_SSL_SESSION(NULL, &cursor, (long)length);
+    OPENSSL_cleanse(der, length);
+    if (session == NULL)
+        ERR_clear_error();
+    return session;
+}
+
+/* Called without the GIL too (SSL_CTX_remove_session through ctypes): no Python here. */
+static void
+remove_session_callback(SSL_CTX *ctx, SSL_SESSION *session)
+{
+    ContextState *state = zone_state_of(ctx);
+    unsigned int id_length = 0;
+    const unsigned char *id = state != NULL ? SSL_SESSION_get_id(session, &id_length) : NULL;
+    if (id != NULL)
+        session_zone_remove(state->zone->zone, id, id_length);
 }
 
 /* What tls_facts() reads of a finished handshake, in one call rather than a dozen through ctypes:
@@ -3523,12 +3778,16 @@ tls_summary(PyObject *module, PyObject *arg)
 static PyObject *
 install_context_callbacks(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"ssl_ctx", "alpn", "ticket_keys", "new_session", NULL};
+    static char *names[] = {"ssl_ctx", "alpn", "ticket_keys", "session_zone", NULL};
     unsigned long long address;
     Py_buffer alpn;
-    PyObject *ticket_keys = Py_None, *new_session = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Ky*|OO", names, &address, &alpn, &ticket_keys, &new_session))
+    PyObject *ticket_keys = Py_None, *zone = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Ky*|OO", names, &address, &alpn, &ticket_keys, &zone))
         return NULL;
+    if (zone != Py_None && !PyObject_TypeCheck(zone, &SessionZoneType)) {
+        PyBuffer_Release(&alpn);
+        return PyErr_Format(PyExc_TypeError, "session_zone must be a SessionZone");
+    }
     SSL_CTX *ctx = (SSL_CTX *)(uintptr_t)address;
     if (alpn.len < 1 || alpn.len > 63) {
         PyBuffer_Release(&alpn);
@@ -3552,7 +3811,7 @@ install_context_callbacks(PyObject *module, PyObject *args, PyObject *kwargs)
     state->alpn_length = (int)alpn.len;
     PyBuffer_Release(&alpn);
     Py_CLEAR(state->ticket_keys);
-    Py_CLEAR(state->new_session);
+    Py_CLEAR(state->zone);
     state->key_count = 0;
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select_callback, NULL);
     if (ticket_keys != Py_None) {
@@ -3560,10 +3819,12 @@ install_context_callbacks(PyObject *module, PyObject *args, PyObject *kwargs)
         state->ticket_keys = ticket_keys;
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_callback);
     }
-    if (new_session != Py_None) {
-        Py_INCREF(new_session);
-        state->new_session = new_session;
+    if (zone != Py_None) {
+        Py_INCREF(zone);
+        state->zone = (SessionZoneObject *)zone;
         SSL_CTX_sess_set_new_cb(ctx, new_session_callback);
+        SSL_CTX_sess_set_get_cb(ctx, get_session_callback);
+        SSL_CTX_sess_set_remove_cb(ctx, remove_session_callback);
     }
     Py_RETURN_NONE;
 }
@@ -3617,9 +3878,10 @@ static PyMethodDef module_methods[] = {
      "signature_algorithm, key_algorithm) of a connection's SSL* after its handshake."},
     {"install_context_callbacks", (PyCFunction)(void (*)(void))install_context_callbacks,
      METH_VARARGS | METH_KEYWORDS,
-     "install_context_callbacks(ssl_ctx, alpn, ticket_keys=None, new_session=None): the handshake "
+     "install_context_callbacks(ssl_ctx, alpn, ticket_keys=None, session_zone=None): the handshake "
      "callbacks of a server's SSL_CTX. ticket_keys() -> ([(name, aes_key, hmac_key, expire)], seconds the "
-     "keys hold for); new_session(ssl, session) stores a session that is not a TLS 1.3 ticket's."},
+     "keys hold for); session_zone: the SessionZone that stores, finds and removes sessions (not a TLS 1.3 "
+     "ticket's)."},
     {"set_tls_failure_factory", set_tls_failure_factory, METH_O,
      "The callable that turns a failed SSL call and OpenSSL's queued errors [(code, text)] into the "
      "exception its waiter gets: factory(call, errors)."},
@@ -3636,7 +3898,7 @@ PyMODINIT_FUNC
 PyInit__io(void)
 {
     if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&PeerType) < 0 || PyType_Ready(&RelayType) < 0 ||
-        PyType_Ready(&ListenerType) < 0)
+        PyType_Ready(&ListenerType) < 0 || PyType_Ready(&SessionZoneType) < 0)
         return NULL;
     str_set_result = PyUnicode_InternFromString("set_result");
     str_set_exception = PyUnicode_InternFromString("set_exception");
@@ -3665,10 +3927,12 @@ PyInit__io(void)
     Py_INCREF(&PeerType);
     Py_INCREF(&RelayType);
     Py_INCREF(&ListenerType);
+    Py_INCREF(&SessionZoneType);
     if (PyModule_AddObject(module, "Reactor", (PyObject *)&ReactorType) < 0 ||
         PyModule_AddObject(module, "Peer", (PyObject *)&PeerType) < 0 ||
         PyModule_AddObject(module, "Relay", (PyObject *)&RelayType) < 0 ||
         PyModule_AddObject(module, "Listener", (PyObject *)&ListenerType) < 0 ||
+        PyModule_AddObject(module, "SessionZone", (PyObject *)&SessionZoneType) < 0 ||
         PyModule_AddObject(module, "HALF_CLOSE_QUIET", PyFloat_FromDouble(HALF_CLOSE_QUIET)) < 0) {
         Py_DECREF(module);
         return NULL;

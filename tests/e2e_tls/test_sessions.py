@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import signal
 import socket
 import ssl
 import struct
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,7 @@ from tests.e2e_tls.support import (
     running_both,
     s_client,
 )
+from tests.process.conftest import wait_for_log, workers
 from tests.support.loopback import IPV4_LOOPBACK
 from tests.tls.support import Pki
 
@@ -148,6 +152,37 @@ def test_starttls_session_resumes_from_the_shared_cache(
     second = s_client(port, *common, "-sess_in", session, typed=typed)
     assert first.has_line("221 2.0.0 Bye") and not first.reused, first.output
     assert second.has_line("221 2.0.0 Bye") and second.reused, second.output
+
+
+RELOADED = "worker_processes 2;\n" + mail_config(
+    """
+    server {
+        listen 127.0.0.1:$imap ssl; protocol imap;
+        ssl_session_cache shared:E2E_RELOADED:1m; ssl_session_tickets off;
+    }
+"""
+)
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_shared_cache_sessions_outlive_a_reload(pki: Pki, tmp_path: Path, version: str) -> None:
+    """As nginx keeps a shared zone whose name and size stay: the master made it before forking, the workers
+    (running as nobody) write it, and the next generation's workers find what the last one stored."""
+    directory = Path(tempfile.mkdtemp(prefix="mailgate-reload-"))
+    directory.chmod(0o755)  # the workers run as nobody
+    try:
+        with running("mailgate", RELOADED, pki.directory, directory, master_process=True) as proxy:
+            port = proxy.port("imap")
+            session = tmp_path / "session.pem"
+            assert not imap_session(port, version, "-sess_out", session).reused
+            master = int((directory / "mailgate.pid").read_text())
+            old_workers = workers(master, 2)
+            os.kill(master, signal.SIGHUP)
+            wait_for_log(proxy.error_log, r"exited with code 0$", count=len(old_workers))
+            assert set(workers(master, 2)).isdisjoint(old_workers)
+            assert imap_session(port, version, "-sess_in", session).reused
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def verify_headers(proxy: Proxy, since: int) -> list[dict[str, str]]:

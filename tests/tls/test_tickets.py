@@ -133,7 +133,7 @@ def test_shared_keys_rotate_once_the_previous_key_has_expired(
 ) -> None:
     clock = [1_000_000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
-    zone = SharedSessionCache("rotation", 1 << 20, tmp_path / "zone")
+    zone = SharedSessionCache("rotation", 1 << 20)
     ring = TicketKeyRing(shared=zone)
 
     current, previous = ring.current(300)
@@ -154,7 +154,7 @@ def test_the_c_callback_holds_shared_keys_only_until_the_ring_would_look_at_the_
 ) -> None:
     clock = [1_000_000.25]
     monkeypatch.setattr(time, "time", lambda: clock[0])
-    ring = TicketKeyRing(shared=SharedSessionCache("snapshot", 1 << 20, tmp_path / "zone"))
+    ring = TicketKeyRing(shared=SharedSessionCache("snapshot", 1 << 20))
     keys, valid_for = ring.snapshot(300)
     current, previous = ring.current(300)
     assert keys == [(key.name, key.aes_key, key.hmac_key, key.expire) for key in (current, previous)]

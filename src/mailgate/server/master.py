@@ -24,7 +24,6 @@ from mailgate.log import ErrorLog, route_python_logger
 from mailgate.server.generation import Generation, StartupError, prepare
 from mailgate.server.process import (
     EVENT_METHOD,
-    give_shared_cache_to,
     redirect_stderr,
     remove_pid_file,
     signal_received,
@@ -133,7 +132,6 @@ class Master:
 
     def _start_workers(self) -> None:
         self.log.log(LogLevel.NOTICE, "start worker processes")
-        give_shared_cache_to(self.generation.config, self.user)
         for _ in range(max(1, self.generation.config.main.worker_processes)):
             self._spawn()
 

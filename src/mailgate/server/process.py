@@ -15,9 +15,7 @@ from pathlib import Path
 from mailgate import __version__
 from mailgate.config.model import Config, LogLevel
 from mailgate.log import ErrorLog
-from mailgate.server.generation import servers_of
 from mailgate.server.worker import WorkerUser
-from mailgate.tls import shared_cache_directory
 
 # nginx's defaults when `user` is not given and the master runs as root.
 DEFAULT_USER = "nobody"
@@ -110,14 +108,3 @@ def worker_user(config: Config) -> WorkerUser | None:
         with contextlib.suppress(KeyError):
             return WorkerUser(name, uid, grp.getgrnam(group).gr_gid)
     return WorkerUser(name, uid, pwd.getpwnam(name).pw_gid)
-
-
-def give_shared_cache_to(config: Config, user: WorkerUser | None) -> None:
-    """Workers write the shared TLS session cache after dropping privileges: its directory must be theirs."""
-    if user is None or not any(server.ssl.session_cache.shared for server in servers_of(config)):
-        return
-    top = shared_cache_directory()
-    for directory, _, files in os.walk(top):
-        for path in (directory, *(os.path.join(directory, name) for name in files)):
-            with contextlib.suppress(OSError):
-                os.chown(path, user.uid, user.gid)

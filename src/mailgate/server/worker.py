@@ -346,7 +346,6 @@ def run_worker_process(
     """The body of a freshly forked worker; never returns (`os._exit`, so no parent's cleanup runs twice)."""
     code = 0
     try:
-        mailgate_tls.after_fork()
         route_python_logger("mailgate.tls", generation.main_log)
         _init_process(generation, user)
         # Titled once initialised (limits, user), as nginx's worker: a titled worker is a ready one.

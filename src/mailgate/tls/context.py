@@ -192,7 +192,7 @@ def build_server_context(server: ServerConfig, *, prefix: Path | None = None) ->
         ctx,
         server.protocol.value.encode(),
         ticket_keys=functools.partial(ticket_keys.snapshot, session_timeout) if ticket_keys else None,
-        new_session=callbacks.store_session if zone is not None else None,
+        session_zone=zone.zone if zone is not None else None,
     )
 
     _apply_conf_commands(ctx, settings.conf_commands, prefix or Path(server.source.file).parent)
@@ -360,10 +360,7 @@ def _configure_session_cache(server: ServerConfig, ctx: int) -> SharedSessionCac
         libssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_SIZE, cache.builtin_size, None)
     if cache.shared is None:
         return None
-    zone = shared_cache(cache.shared.name, cache.shared.size)
-    libssl.SSL_CTX_sess_set_get_cb(ctx, pointer_of(callbacks.GET_SESSION))
-    libssl.SSL_CTX_sess_set_remove_cb(ctx, pointer_of(callbacks.REMOVE_SESSION))
-    return zone
+    return shared_cache(cache.shared.name, cache.shared.size)
 
 
 def _ticket_key_ring(server: ServerConfig, zone: SharedSessionCache | None) -> TicketKeyRing | None:

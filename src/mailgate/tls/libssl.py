@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import ssl
-from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_long, c_ubyte, c_uint, c_uint64, c_ulong, c_void_p
+from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_long, c_uint, c_uint64, c_ulong, c_void_p
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,9 +150,6 @@ _LIBSSL: list[tuple[Any, ...]] = [
     ("SSL_CTX_set_timeout", c_long, c_void_p, c_long),
     ("SSL_CTX_get_timeout", c_long, c_void_p),
     ("SSL_CTX_set_session_id_context", c_int, c_void_p, c_void_p, c_uint),
-    ("SSL_CTX_sess_set_new_cb", None, c_void_p, c_void_p),
-    ("SSL_CTX_sess_set_get_cb", None, c_void_p, c_void_p),
-    ("SSL_CTX_sess_set_remove_cb", None, c_void_p, c_void_p),
     ("SSL_CTX_remove_session", c_int, c_void_p, c_void_p),
     ("SSL_CTX_set_info_callback", None, c_void_p, c_void_p),
     ("SSL_set_info_callback", None, c_void_p, c_void_p),
@@ -191,8 +188,6 @@ _LIBSSL: list[tuple[Any, ...]] = [
     ("SSL_SESSION_set_timeout", c_long, c_void_p, c_long),
     ("SSL_SESSION_set1_id_context", c_int, c_void_p, c_void_p, c_uint),
     ("SSL_SESSION_free", None, c_void_p),
-    ("i2d_SSL_SESSION", c_int, c_void_p, POINTER(c_void_p)),
-    ("d2i_SSL_SESSION", c_void_p, c_void_p, POINTER(c_void_p), c_long),
 ]
 
 for _name, _restype, *_argtypes in _LIBCRYPTO:
@@ -313,14 +308,6 @@ CRYPTO_EX_INDEX_SSL = 0
 # Callback types
 
 VerifyCallback = CFUNCTYPE(c_int, c_int, c_void_p)
-AlpnSelectCallback = CFUNCTYPE(
-    c_int, c_void_p, POINTER(c_void_p), POINTER(c_ubyte), c_void_p, c_uint, c_void_p
-)
-NewSessionCallback = CFUNCTYPE(c_int, c_void_p, c_void_p)
-GetSessionCallback = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_int, POINTER(c_int))
-RemoveSessionCallback = CFUNCTYPE(None, c_void_p, c_void_p)
-InfoCallback = CFUNCTYPE(None, c_void_p, c_int, c_int)
-TicketKeyCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
 PemPasswordCallback = CFUNCTYPE(c_int, c_void_p, c_int, c_int, c_void_p)
 
 
