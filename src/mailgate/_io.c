@@ -213,6 +213,9 @@ struct PeerObject {
     int bio_errno;
     double shutdown_timeout;
     Timer tls_timer;
+    /* start_tls(then_input=True): the handshake's future waits past the handshake for the client's first
+     * input (or its end), so that a STARTTLS session wakes once for both */
+    int then_input;
     Buffer backlog; /* plaintext an SSL_write could not take yet (a renegotiation wants input first) */
     RelayObject *relay; /* borrowed: the relay holds us and clears this when it ends */
     /* The front of a session run here before any Python (start_front): handshake, greeting, first input. */
@@ -230,6 +233,7 @@ struct PeerObject {
 };
 
 enum front_stage { FRONT_NONE, FRONT_HANDSHAKE, FRONT_WAITING };
+enum then_input { THEN_INPUT_NO, THEN_INPUT_ASKED, THEN_INPUT_WAITING };
 
 struct RelayObject {
     PyObject_HEAD
@@ -260,6 +264,7 @@ static void tls_handshake_step(PeerObject *p);
 static void tls_shutdown_step(PeerObject *p);
 static void tls_failed(PeerObject *p, PyObject *error);
 static void tls_done(PeerObject *p, PyObject *outcome);
+static void handshake_then_input_done(PeerObject *p);
 static void relay_forward(RelayObject *r, PeerObject *source, const char *data, size_t n);
 static void relay_end_of_input(RelayObject *r, PeerObject *p);
 static void relay_lost(RelayObject *r, PeerObject *p);
@@ -857,7 +862,7 @@ peer_wants_input(PeerObject *p)
         return 1;
     if (p->flags & (P_CLOSING | P_EOF))
         return 0;
-    if (p->front_stage == FRONT_WAITING)
+    if (p->front_stage == FRONT_WAITING || p->then_input == THEN_INPUT_WAITING)
         return 1;
     if (p->relay != NULL) {
         RelayObject *r = p->relay;
@@ -1213,6 +1218,10 @@ peer_deliver(PeerObject *p, const char *data, size_t n)
         front_end(p, "greeted", NULL); /* the client's first command: the session takes over */
         return;
     }
+    if (p->then_input == THEN_INPUT_WAITING) {
+        handshake_then_input_done(p); /* the input stays for the session's read() */
+        return;
+    }
     serve_reader(p);
 }
 
@@ -1450,6 +1459,7 @@ peer_input_ended(PeerObject *p)
     if (p->flags & P_EOF)
         return;
     p->flags |= P_EOF;
+    handshake_then_input_done(p);
     wake_reader_at_end(p);
     if (p->front_stage == FRONT_WAITING)
         front_end(p, "closed", NULL);
@@ -1509,6 +1519,7 @@ peer_deadline_fired(PeerObject *p)
         front_end(p, "closed", NULL);
         return;
     }
+    handshake_then_input_done(p); /* the session's read() then times out */
     if (p->read_waiter != NULL || p->drain_waiter != NULL || p->connect_waiter != NULL) {
         if (p->read_waiter != NULL)
             exchange_clear(p);
@@ -1527,12 +1538,27 @@ peer_deadline_fired(PeerObject *p)
 /* ---------------------------------------------------------------------------------------------------- */
 /* Peer: TLS (the server end), on the connection's own socket */
 
+/* A handshake that succeeded and waited for the client's first input (start_tls(then_input=True)) ends:
+ * input came, or the input ended, the connection failed or the deadline passed; read() tells which. */
+static void
+handshake_then_input_done(PeerObject *p)
+{
+    if (p->then_input != THEN_INPUT_WAITING)
+        return;
+    p->then_input = THEN_INPUT_NO;
+    resolve(&p->handshake_waiter, Py_True);
+}
+
 /* TLS is over on this connection; a pending handshake ends with `outcome` (an exception or a bool). */
 static void
 tls_done(PeerObject *p, PyObject *outcome)
 {
     p->tls_state = TLS_CLOSED;
     timer_cancel(p->reactor, &p->tls_timer);
+    if (p->then_input == THEN_INPUT_WAITING) {
+        handshake_then_input_done(p); /* the handshake succeeded; the session's read() learns the rest */
+        return;
+    }
     if (p->handshake_waiter == NULL)
         return;
     if (PyExceptionInstance_Check(outcome))
@@ -1658,7 +1684,12 @@ tls_handshake_step(PeerObject *p)
         p->tls_state = TLS_OPEN;
         timer_cancel(p->reactor, &p->tls_timer);
         peer_flush(p);
-        if (p->fd >= 0)
+        if (p->fd >= 0 && p->then_input == THEN_INPUT_ASKED && p->handshake_waiter != NULL) {
+            p->then_input = THEN_INPUT_WAITING; /* read on in the same pull: it may have come with Finished */
+            if (p->flags & P_EXPIRED)
+                handshake_then_input_done(p);
+        }
+        else if (p->fd >= 0)
             resolve(&p->handshake_waiter, Py_True);
         if (p->fd >= 0 && p->front_stage == FRONT_HANDSHAKE)
             front_handshake_done(p);
@@ -2315,11 +2346,14 @@ tls_begin(PeerObject *p, unsigned long long context, double shutdown_timeout)
 }
 
 static PyObject *
-Peer_start_tls(PeerObject *p, PyObject *args)
+Peer_start_tls(PeerObject *p, PyObject *args, PyObject *kwargs)
 {
+    static char *names[] = {"ssl_ctx", "timeout", "shutdown_timeout", "then_input", NULL};
     unsigned long long context;
     double timeout, shutdown_timeout;
-    if (!PyArg_ParseTuple(args, "Kdd", &context, &timeout, &shutdown_timeout))
+    int then_input = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Kdd|p", names, &context, &timeout, &shutdown_timeout,
+                                     &then_input))
         return NULL;
     if (p->tls_state != TLS_NONE) {
         PyErr_SetString(PyExc_RuntimeError, "TLS is on already");
@@ -2336,6 +2370,7 @@ Peer_start_tls(PeerObject *p, PyObject *args)
     }
     Py_INCREF(future);
     p->handshake_waiter = future;
+    p->then_input = then_input ? THEN_INPUT_ASKED : THEN_INPUT_NO;
     timer_set(p->reactor, &p->tls_timer, monotonic_now() + timeout);
     Py_INCREF(p);
     tls_handshake_step(p);
@@ -2712,9 +2747,11 @@ static PyMethodDef Peer_methods[] = {
      "TimeoutError past the deadline."},
     {"set_deadline", (PyCFunction)Peer_set_deadline, METH_O,
      "From this time on (the event loop's clock), waits raise TimeoutError; None: no deadline."},
-    {"start_tls", (PyCFunction)Peer_start_tls, METH_VARARGS,
-     "start_tls(ssl_ctx_address, timeout, shutdown_timeout): be the server end of TLS; a future: True "
-     "once the handshake is done, False when the connection closed meanwhile; raises the failure."},
+    {"start_tls", (PyCFunction)(void (*)(void))Peer_start_tls, METH_VARARGS | METH_KEYWORDS,
+     "start_tls(ssl_ctx_address, timeout, shutdown_timeout, then_input=False): be the server end of TLS; a "
+     "future: True once the handshake is done (with then_input, once the client's first input after it is "
+     "buffered, or its input ended, failed or timed out: read() tells), False when the connection closed "
+     "during the handshake; raises the handshake's failure."},
     {"start_front", (PyCFunction)Peer_start_front, METH_VARARGS,
      "start_front(ssl_ctx or 0, handshake_timeout, shutdown_timeout, greeting or None, wait, callback, "
      "context): run the session's front here (TLS handshake, greeting, wait for the first command) and "

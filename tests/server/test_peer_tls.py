@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -200,6 +201,104 @@ def test_an_eof_in_the_handshake_is_a_reset_and_garbage_an_ssl_error(
             await tasks[1]
         assert type(failures[0]) is ConnectionResetError
         assert isinstance(failures[1], ssl.SSLError)
+        server.close()
+
+    run(main())
+
+
+def test_then_input_holds_the_handshake_until_the_first_command_and_leaves_it_to_read(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """After STARTTLS the client speaks first: the session wakes once, for the handshake and its command."""
+    server_context, client_context = contexts
+    seen: list[object] = []
+
+    async def handshake(peer: Peer) -> None:
+        done = peer.start_tls(ssl_ctx_of(server_context), 10, 3, then_input=True)
+        await asyncio.sleep(0.3)  # the client finished its handshake meanwhile and waits before writing
+        seen.append(done.done())
+        seen.append(await done)
+        read = peer.read()
+        seen.append(read.done())  # nothing left to wait for
+        seen.append(await read)
+        peer.close()
+
+    async def main() -> None:
+        def client(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context.wrap_socket(raw, server_hostname="localhost")
+                time.sleep(0.6)
+                tls.sendall(b"a LOGIN alice secret\r\n")
+                return tls.recv(100)
+
+        server, port, tasks = await serve(handshake)
+        await asyncio.to_thread(client, port)
+        await asyncio.gather(*tasks)
+        assert seen == [False, True, True, b"a LOGIN alice secret\r\n"]
+        server.close()
+
+    run(main())
+
+
+def test_then_input_ends_with_a_client_that_leaves_or_stays_silent_and_read_tells_which(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = contexts
+    outcomes: list[object] = []
+
+    async def handshake(peer: Peer) -> None:
+        peer.set_deadline(asyncio.get_running_loop().time() + 1.0)  # the session's wait for a command
+        outcomes.append(await peer.start_tls(ssl_ctx_of(server_context), 10, 3, then_input=True))
+        try:
+            outcomes.append(await peer.read())
+        except TimeoutError:
+            outcomes.append("timed out")
+        peer.close()
+
+    async def main() -> None:
+        def leaves(port: int) -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context.wrap_socket(raw, server_hostname="localhost")
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    tls.unwrap()
+
+        def stays_silent(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context.wrap_socket(raw, server_hostname="localhost")
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    return tls.recv(100)
+                return b""
+
+        server, port, tasks = await serve(handshake)
+        await asyncio.to_thread(leaves, port)
+        await wait_for(lambda: len(outcomes) == 2)
+        started = time.monotonic()
+        await asyncio.to_thread(stays_silent, port)
+        await asyncio.gather(*tasks)
+        assert outcomes == [True, b"", True, "timed out"]
+        assert time.monotonic() - started >= 0.9  # not before the deadline
+        server.close()
+
+    run(main())
+
+
+def test_then_input_still_raises_a_failed_handshake(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, _ = contexts
+    failures: list[BaseException] = []
+
+    async def handshake(peer: Peer) -> None:
+        try:
+            await peer.start_tls(ssl_ctx_of(server_context), 5, 3, then_input=True)
+        except OSError as error:
+            failures.append(error)
+
+    async def main() -> None:
+        server, port, tasks = await serve(handshake)
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"a LOGIN user password\r\n")
+            await wait_for(lambda: len(tasks) == 1)
+            await tasks[0]
+        assert len(failures) == 1 and isinstance(failures[0], ssl.SSLError)
         server.close()
 
     run(main())

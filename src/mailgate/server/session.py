@@ -20,7 +20,7 @@ from mailgate.auth.client import LoginStarted, authenticate
 from mailgate.auth.client_host import ClientHostResolver
 from mailgate.auth.request import UNAVAILABLE, AuthAttempt
 from mailgate.auth.response import Backend, InternalError, Reject
-from mailgate.config.model import Listen, LogLevel, Protocol, ProxyProtocolOut, ServerConfig
+from mailgate.config.model import Listen, LogLevel, Protocol, ProxyProtocolOut, ServerConfig, VerifyClient
 from mailgate.log import ErrorLog, LogContext, SessionLogEntry
 from mailgate.protocol.credentials import AuthMethod, Credentials
 from mailgate.protocol.engine import PreAuthEngine
@@ -346,11 +346,14 @@ class Session:
         self.client_address = apply_realip(result.header, self.peer_address, self.server.realip)
         self.record.client = str(self.client_address)
 
-    async def _handshake(self, client: Peer, deadline: float) -> None:
-        """The server TLS handshake on the client connection (TLS is terminated in `Peer`)."""
+    async def _handshake(self, client: Peer, deadline: float, *, then_input: bool = False) -> None:
+        """The server TLS handshake on the client connection (TLS is terminated in `Peer`); `then_input`:
+        return only once the client's first input after it is there (or cannot come), for read()."""
         remaining = max(0.001, deadline - self.loop.time())
         try:
-            done = await client.start_tls(self._tls().ssl_ctx, remaining, SHUTDOWN_TIMEOUT)
+            done = await client.start_tls(
+                self._tls().ssl_ctx, remaining, SHUTDOWN_TIMEOUT, then_input=then_input
+            )
         except (ssl.SSLError, OSError) as error:
             self._handshake_failed(error)
         if not done:
@@ -394,7 +397,10 @@ class Session:
         client.discard_buffered()
         self.starttls = True
         self.action = "in starttls state"
-        await self._handshake(client, deadline)
+        # The client speaks first after STARTTLS: the handshake's wait runs on to its first command (one
+        # wake-up for both), unless a client certificate must be judged (and refused) before it.
+        quiet_certificate = self.server.ssl.verify_client is VerifyClient.OFF
+        await self._handshake(client, deadline, then_input=quiet_certificate)
         self.record.tls_mode = "starttls"
         await self._check_client_certificate(client)
 
