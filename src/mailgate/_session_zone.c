@@ -149,7 +149,9 @@ session_zone_create(size_t size, uint64_t hash_seed)
     zone->hash_seed = hash_seed;
     zone->block_count = (uint32_t)blocks;
     zone->bucket_count = buckets;
-    clear_sessions(zone);
+    /* the buckets are zero already: writing them would back every page of the table at once */
+    zone->never_used = 1;
+    zone->free_blocks = zone->block_count;
     return zone;
 }
 
