@@ -3527,6 +3527,19 @@ static PyMethodDef SessionZone_methods[] = {
     {NULL},
 };
 
+static PyObject *
+SessionZone_get_address(SessionZoneObject *self, void *closure)
+{
+    SessionZone *zone = zone_of(self);
+    return zone == NULL ? NULL : PyLong_FromVoidPtr(zone);
+}
+
+static PyGetSetDef SessionZone_getset[] = {
+    {"address", (getter)SessionZone_get_address, NULL,
+     "where the zone is mapped: its pthread mutex comes first (for tests that hold it from elsewhere)", NULL},
+    {NULL},
+};
+
 static PySequenceMethods SessionZone_sequence = {.sq_length = (lenfunc)SessionZone_length};
 
 static PyTypeObject SessionZoneType = {
@@ -3539,6 +3552,7 @@ static PyTypeObject SessionZoneType = {
     .tp_init = (initproc)SessionZone_init,
     .tp_dealloc = (destructor)SessionZone_dealloc,
     .tp_methods = SessionZone_methods,
+    .tp_getset = SessionZone_getset,
     .tp_as_sequence = &SessionZone_sequence,
 };
 

@@ -6,6 +6,7 @@ reuse freed blocks and replace ids all the time, and every answer must be the mo
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import os
@@ -159,3 +160,23 @@ def test_processes_forked_after_the_zone_is_made_share_it() -> None:
     assert child.exitcode == 0
     assert zone.fetch(b"child" * 4) == b"from the child" * 40
     assert len(zone) == 2
+
+
+def _lock_and_die(address: int) -> None:
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock.argtypes = [ctypes.c_void_p]
+    os._exit(libc.pthread_mutex_lock(address))  # a worker killed while it holds the zone's lock
+
+
+def test_a_process_that_died_holding_the_lock_costs_the_sessions_not_the_zone() -> None:
+    zone = _io.SessionZone(64 * 1024)
+    assert zone.store(b"before" * 4, b"session", 300)
+    child = multiprocessing.get_context("fork").Process(target=_lock_and_die, args=(zone.address,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0  # it took the lock, and exited with it held
+    # The next holder finds the sessions possibly half-written: it empties them and goes on.
+    assert zone.fetch(b"before" * 4) is None
+    assert len(zone) == 0
+    assert zone.store(b"after" * 4, b"session", 300)
+    assert zone.fetch(b"after" * 4) == b"session"
