@@ -222,6 +222,7 @@ struct PeerObject {
     int front_stage;
     double front_wait;
     PyObject *front_greeting, *front_callback, *front_context;
+    struct ListenerObject *front_listener; /* a front its listener started: a silent end stays in C */
     /* exchange(): replies judged by their first bytes and answered here, before the read resolves. */
     PyObject *exchange_steps; /* tuple of (prefix, answer) bytes pairs; NULL when not exchanging */
     Py_ssize_t exchanged;     /* steps answered by the last exchange() */
@@ -254,6 +255,7 @@ struct RelayObject {
 static PyTypeObject ReactorType, PeerType, RelayType, ListenerType;
 typedef struct ListenerObject ListenerObject;
 static void listener_ready(ListenerObject *l);
+static void listener_front_closed(ListenerObject *l, PeerObject *p);
 
 static void peer_pull(PeerObject *p);
 static void peer_flush(PeerObject *p);
@@ -2417,11 +2419,17 @@ front_end(PeerObject *p, const char *stage, PyObject *error)
     timer_cancel(p->reactor, &p->deadline);
     p->flags &= ~P_EXPIRED;
     PyObject *callback = p->front_callback, *context = p->front_context;
+    ListenerObject *listener = p->front_listener;
     p->front_callback = p->front_context = NULL;
+    p->front_listener = NULL;
     Py_CLEAR(p->front_greeting);
-    if (strcmp(stage, "closed") == 0 && p->fd >= 0)
+    int closed = strcmp(stage, "closed") == 0;
+    if (closed && p->fd >= 0)
         Py_XDECREF(Peer_close(p, NULL));
-    if (callback != NULL) {
+    if (closed && listener != NULL) {
+        listener_front_closed(listener, p); /* nothing for a session to do: no Python call either */
+    }
+    else if (callback != NULL) {
         PyObject *result = PyObject_CallFunction(callback, "OOsO", context ? context : Py_None, p, stage,
                                                  error ? error : Py_None);
         if (result == NULL) {
@@ -2433,23 +2441,40 @@ front_end(PeerObject *p, const char *stage, PyObject *error)
     }
     Py_XDECREF(callback);
     Py_XDECREF(context);
+    Py_XDECREF((PyObject *)listener);
     Py_DECREF(p);
 }
 
-static PyObject *
-Peer_start_front(PeerObject *p, PyObject *args)
-{
+/* The front's arguments, as start_front() and a listener's set_front() take them. */
+typedef struct {
     unsigned long long context;
     double handshake_timeout, shutdown_timeout, wait;
-    PyObject *greeting, *callback, *callback_context;
-    if (!PyArg_ParseTuple(args, "KddOdOO", &context, &handshake_timeout, &shutdown_timeout, &greeting, &wait,
-                          &callback, &callback_context))
-        return NULL;
-    if (greeting != Py_None && !PyBytes_Check(greeting))
-        return PyErr_Format(PyExc_TypeError, "the greeting is bytes or None");
+    PyObject *greeting;
+} FrontPlan;
+
+static int
+front_plan_parse(PyObject *args, FrontPlan *plan)
+{
+    if (!PyArg_ParseTuple(args, "KddOd", &plan->context, &plan->handshake_timeout, &plan->shutdown_timeout,
+                          &plan->greeting, &plan->wait))
+        return -1;
+    if (plan->greeting != Py_None && !PyBytes_Check(plan->greeting)) {
+        PyErr_SetString(PyExc_TypeError, "the greeting is bytes or None");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+front_begin(PeerObject *p, const FrontPlan *plan, PyObject *callback, PyObject *callback_context)
+{
+    unsigned long long context = plan->context;
+    double handshake_timeout = plan->handshake_timeout, shutdown_timeout = plan->shutdown_timeout;
+    double wait = plan->wait;
+    PyObject *greeting = plan->greeting;
     if (p->front_stage != FRONT_NONE || p->tls_state != TLS_NONE || p->fd < 0) {
         PyErr_SetString(PyExc_RuntimeError, "no front for this connection");
-        return NULL;
+        return -1;
     }
     Py_INCREF(greeting);
     Py_INCREF(callback);
@@ -2466,7 +2491,7 @@ Peer_start_front(PeerObject *p, PyObject *args)
             Py_CLEAR(p->front_callback);
             Py_CLEAR(p->front_context);
             Py_DECREF(p);
-            return NULL;
+            return -1;
         }
         p->front_stage = FRONT_HANDSHAKE;
         timer_set(p->reactor, &p->tls_timer, monotonic_now() + handshake_timeout);
@@ -2479,6 +2504,22 @@ Peer_start_front(PeerObject *p, PyObject *args)
     if (p->front_stage == FRONT_WAITING && p->fd >= 0)
         peer_pull(p);
     Py_DECREF(p);
+    return 0;
+}
+
+static PyObject *
+Peer_start_front(PeerObject *p, PyObject *args)
+{
+    PyObject *plan_args = PyTuple_GetSlice(args, 0, 5);
+    FrontPlan plan;
+    PyObject *callback, *callback_context;
+    int parsed = plan_args != NULL && front_plan_parse(plan_args, &plan) == 0 &&
+                 PyArg_ParseTuple(args, "KddOdOO", &plan.context, &plan.handshake_timeout,
+                                  &plan.shutdown_timeout, &plan.greeting, &plan.wait, &callback,
+                                  &callback_context);
+    Py_XDECREF(plan_args);
+    if (!parsed || front_begin(p, &plan, callback, callback_context) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -2665,6 +2706,7 @@ Peer_traverse(PeerObject *p, visitproc visit, void *arg)
     Py_VISIT(p->front_greeting);
     Py_VISIT(p->front_callback);
     Py_VISIT(p->front_context);
+    Py_VISIT((PyObject *)p->front_listener);
     Py_VISIT(p->exchange_steps);
     Py_VISIT(p->pending_relay);
     Py_VISIT(p->auth_plan);
@@ -2683,6 +2725,7 @@ Peer_clear(PeerObject *p)
     Py_CLEAR(p->front_greeting);
     Py_CLEAR(p->front_callback);
     Py_CLEAR(p->front_context);
+    Py_CLEAR(p->front_listener);
     exchange_clear(p);
     Py_CLEAR(p->login_started);
     return 0;
@@ -3169,7 +3212,82 @@ struct ListenerObject {
     int multi_accept;
     int watching;
     PyObject *callback; /* (peer, address) -> bool (go on accepting); (None, OSError) on a failed accept */
+    /* set_front(): the front of each connection started here, and its silent end kept here, so that a
+     * connection that leaves before its first command (a handshake-only client) costs no Python call */
+    int has_front;
+    FrontPlan front;                                  /* front.greeting is a reference of ours */
+    PyObject *front_endpoint, *front_done;            /* front_done(context, peer, stage, error) */
+    PyObject *fronts, *sessions;                      /* the acceptor's sets: fronts running, sessions */
+    PyObject *on_first, *slot_freed, *at_limit;       /* () -> None, () -> None, () -> bool */
+    Py_ssize_t limit;                                 /* worker_connections */
+    uint64_t *counter;                                /* nginx's connection counter, shared */
 };
+
+static int
+call_quietly(PyObject *callable)
+{
+    PyObject *result = PyObject_CallNoArgs(callable);
+    if (result == NULL) {
+        PyErr_WriteUnraisable(callable);
+        return -1;
+    }
+    int truth = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    if (truth < 0)
+        PyErr_Clear();
+    return truth == 1;
+}
+
+static Py_ssize_t
+listener_in_use(ListenerObject *l)
+{
+    return PySet_GET_SIZE(l->fronts) + PySet_GET_SIZE(l->sessions);
+}
+
+/* An accepted connection's front, as the acceptor's _accepted() starts it: numbered, counted among the
+ * fronts running. 1: accept more; 0: worker_connections are reached (at_limit said what to do). */
+static int
+listener_front(ListenerObject *l, PeerObject *peer, PyObject *where)
+{
+    unsigned long long number = __atomic_add_fetch(l->counter, 1, __ATOMIC_SEQ_CST);
+    if (listener_in_use(l) == 0)
+        call_quietly(l->on_first); /* the acceptor is no longer idle */
+    PyObject *context = Py_BuildValue("(OOK)", l->front_endpoint, where, number);
+    if (context == NULL || PySet_Add(l->fronts, (PyObject *)peer) < 0) {
+        Py_XDECREF(context);
+        PyErr_WriteUnraisable((PyObject *)l);
+        Py_XDECREF(Peer_abort(peer, NULL));
+        PyErr_Clear();
+        return 1;
+    }
+    Py_INCREF(l);
+    peer->front_listener = l;
+    if (front_begin(peer, &l->front, l->front_done, context) < 0) {
+        PyErr_WriteUnraisable((PyObject *)l);
+        Py_CLEAR(peer->front_listener);
+        if (PySet_Discard(l->fronts, (PyObject *)peer) < 0)
+            PyErr_Clear();
+        Py_XDECREF(Peer_abort(peer, NULL));
+        PyErr_Clear();
+    }
+    Py_DECREF(context);
+    if (listener_in_use(l) < l->limit)
+        return 1;
+    return call_quietly(l->at_limit) == 1;
+}
+
+/* A front this listener started ended with nothing for a session to do. */
+static void
+listener_front_closed(ListenerObject *l, PeerObject *p)
+{
+    if (!l->has_front)
+        return;
+    if (PySet_Discard(l->fronts, (PyObject *)p) < 0)
+        PyErr_Clear();
+    /* _slot_freed() has nothing to do unless the acceptor is idle now or stopped accepting for the limit */
+    if (listener_in_use(l) == 0 || !l->watching)
+        call_quietly(l->slot_freed);
+}
 
 /* The listening socket is ready: accept one connection, or with multi_accept all that are pending. */
 static void
@@ -3212,6 +3330,14 @@ listener_ready(ListenerObject *l)
             break;
         }
         PyObject *where = address_object(&address, length);
+        if (where != NULL && l->has_front) {
+            int again = listener_front(l, peer, where);
+            Py_DECREF(where);
+            Py_DECREF(peer);
+            if (!again || !l->multi_accept)
+                break;
+            continue;
+        }
         PyObject *result = where ? PyObject_CallFunction(l->callback, "OO", peer, where) : NULL;
         Py_XDECREF(where);
         if (result == NULL) {
@@ -3279,11 +3405,60 @@ Listener_stop(ListenerObject *l, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+Listener_set_front(ListenerObject *l, PyObject *args)
+{
+    PyObject *plan_args, *endpoint, *front_done, *fronts, *sessions, *on_first, *slot_freed, *at_limit;
+    Py_ssize_t limit;
+    PyObject *counter_address;
+    FrontPlan plan;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!nOOOO", &PyTuple_Type, &plan_args, &endpoint, &front_done, &PySet_Type,
+                          &fronts, &PySet_Type, &sessions, &limit, &counter_address, &on_first, &slot_freed,
+                          &at_limit) ||
+        front_plan_parse(plan_args, &plan) < 0)
+        return NULL;
+    uint64_t *counter = PyLong_AsVoidPtr(counter_address);
+    if (counter == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "no counter");
+        return NULL;
+    }
+    if (l->has_front) {
+        PyErr_SetString(PyExc_RuntimeError, "the listener has its front already");
+        return NULL;
+    }
+    l->front = plan;
+    PyObject *held[] = {plan.greeting, endpoint, front_done, fronts, sessions, on_first, slot_freed, at_limit};
+    for (size_t i = 0; i < sizeof held / sizeof held[0]; i++)
+        Py_INCREF(held[i]);
+    l->front_endpoint = endpoint;
+    l->front_done = front_done;
+    l->fronts = fronts;
+    l->sessions = sessions;
+    l->on_first = on_first;
+    l->slot_freed = slot_freed;
+    l->at_limit = at_limit;
+    l->limit = limit;
+    l->counter = counter;
+    l->has_front = 1;
+    Py_RETURN_NONE;
+}
+
 static int
 Listener_traverse(ListenerObject *l, visitproc visit, void *arg)
 {
     Py_VISIT(l->reactor);
     Py_VISIT(l->callback);
+    if (l->has_front) {
+        Py_VISIT(l->front.greeting);
+        Py_VISIT(l->front_endpoint);
+        Py_VISIT(l->front_done);
+        Py_VISIT(l->fronts);
+        Py_VISIT(l->sessions);
+        Py_VISIT(l->on_first);
+        Py_VISIT(l->slot_freed);
+        Py_VISIT(l->at_limit);
+    }
     return 0;
 }
 
@@ -3291,6 +3466,17 @@ static int
 Listener_clear(ListenerObject *l)
 {
     Py_CLEAR(l->callback);
+    if (l->has_front) {
+        l->has_front = 0;
+        Py_CLEAR(l->front.greeting);
+        Py_CLEAR(l->front_endpoint);
+        Py_CLEAR(l->front_done);
+        Py_CLEAR(l->fronts);
+        Py_CLEAR(l->sessions);
+        Py_CLEAR(l->on_first);
+        Py_CLEAR(l->slot_freed);
+        Py_CLEAR(l->at_limit);
+    }
     return 0;
 }
 
@@ -3298,7 +3484,7 @@ static void
 Listener_dealloc(ListenerObject *l)
 {
     PyObject_GC_UnTrack(l);
-    Py_CLEAR(l->callback);
+    Listener_clear(l);
     Py_CLEAR(l->reactor);
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
@@ -3306,6 +3492,12 @@ Listener_dealloc(ListenerObject *l)
 static PyMethodDef Listener_methods[] = {
     {"start", (PyCFunction)Listener_start, METH_NOARGS, "Accept from now on."},
     {"stop", (PyCFunction)Listener_stop, METH_NOARGS, "Accept no more (the socket stays open: it is not ours)."},
+    {"set_front", (PyCFunction)Listener_set_front, METH_VARARGS,
+     "set_front(front, endpoint, front_done, fronts, sessions, limit, counter, on_first, slot_freed, "
+     "at_limit): start each connection's front here (front: start_front's first five arguments) with "
+     "front_done and the context (endpoint, address, number from the shared counter); a front that ends "
+     "silently leaves `fronts` here too. on_first() when the acceptor stops being idle, slot_freed() when "
+     "it is idle again or had stopped accepting, at_limit() -> bool at worker_connections."},
     {NULL}};
 
 static PyTypeObject ListenerType = {

@@ -94,6 +94,19 @@ class Listener:
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def set_front(
+        self,
+        front: tuple[int, float, float, bytes | None, float],
+        endpoint: object,
+        front_done: Callable[[Any, Peer, str, Any], None],
+        fronts: set[Peer],
+        sessions: set[Any],
+        limit: int,
+        counter: int,
+        on_first: Callable[[], object],
+        slot_freed: Callable[[], object],
+        at_limit: Callable[[], bool],
+    ) -> None: ...
 
 class Relay:
     def __init__(self, client: Peer, backend: Peer, timeout: float, quiet_on_timeout: bool = ...) -> None: ...

@@ -6,8 +6,12 @@ included), and connections that end before a command end quietly without holding
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import ssl
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from tests.e2e_tls.support import (
     mail_config,
     running,
 )
+from tests.process.conftest import wait_for_log
 from tests.support.loopback import IPV4_LOOPBACK
 from tests.tls.support import Pki
 
@@ -90,3 +95,59 @@ def test_clients_that_leave_before_a_command_free_their_slots_and_log_nothing(
         log = proxy.log_text()
         assert "worker_connections are not enough" not in log
         assert "[info]" not in log and "[crit]" not in log and "[alert]" not in log
+
+
+def test_fronts_count_against_worker_connections_and_a_freed_slot_accepts_the_next(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Fronts the listener runs in C hold slots as sessions do: at worker_connections nginx's alert and no
+    accepting, and a front that ends in C (its client left) lets the next connection in."""
+    # The others wait far longer than this test: only the one that leaves can free a slot.
+    template = _template().replace("timeout 2s;", "timeout 60s;")
+    with running("mailgate", template, pki.directory, tmp_path, log_level="notice") as proxy:
+        port = proxy.port("imaps")
+        holding = []
+        for _ in range(6):
+            tls = client_context().wrap_socket(socket.create_connection((IPV4_LOOPBACK, port), timeout=10))
+            assert tls.recv(100) == IMAP_GREETING
+            holding.append(tls)
+        waiting = client_context().wrap_socket(
+            socket.create_connection((IPV4_LOOPBACK, port), timeout=10), do_handshake_on_connect=False
+        )
+        waiting.settimeout(0.5)
+        try:
+            waiting.do_handshake()
+            raise AssertionError("a seventh connection was served")
+        except TimeoutError:
+            pass  # not accepted: every slot is taken
+        assert "6 worker_connections are not enough" in proxy.log_text()
+        holding.pop().close()  # its front ends in C and gives its slot back
+        waiting.settimeout(10)
+        waiting.do_handshake()
+        assert waiting.recv(100) == IMAP_GREETING
+        for tls in [*holding, waiting]:
+            tls.close()
+
+
+def test_a_graceful_stop_waits_for_a_front_and_ends_once_it_ended_in_c(pki: Pki) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="mailgate-front-"))
+    directory.chmod(0o755)  # the workers run as nobody
+    try:
+        with running(
+            "mailgate", _template(), pki.directory, directory, log_level="notice", master_process=True
+        ) as proxy:
+            idle = client_context().wrap_socket(
+                socket.create_connection((IPV4_LOOPBACK, proxy.port("imaps")), timeout=10)
+            )
+            assert idle.recv(100) == IMAP_GREETING
+            master = int((directory / "mailgate.pid").read_text())
+            os.kill(master, signal.SIGQUIT)
+            wait_for_log(proxy.error_log, r"gracefully shutting down$")
+            assert idle.recv(100) == b""  # its `timeout 2s` ends it, in C
+            idle.close()
+            deadline = time.monotonic() + 20
+            while (directory / "mailgate.pid").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not (directory / "mailgate.pid").exists()  # the worker was not left waiting for it
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

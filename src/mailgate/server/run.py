@@ -120,7 +120,7 @@ class SingleProcess:
                 loop.call_soon_threadsafe(received.put_nowait, (info.si_signo, info.si_pid))
 
         threading.Thread(target=take_signals, name="signals", daemon=True).start()
-        worker = Worker(self.generation, self.numbers.next)
+        worker = Worker(self.generation, self.numbers)
         worker.start()
         while True:
             signum, sender = await received.get()
@@ -157,7 +157,7 @@ class SingleProcess:
         self.generation = new
         route_python_logger("mailgate.tls", new.main_log)
         redirect_stderr(new.main_log)
-        successor = Worker(new, self.numbers.next)
+        successor = Worker(new, self.numbers)
         successor.start()
         timeout = old.config.main.worker_shutdown_timeout
         retiring = asyncio.get_running_loop().create_task(worker.shutdown(graceful=True, timeout=timeout))

@@ -77,6 +77,11 @@ class ConnectionNumbers:
     def next(self) -> int:
         return shared_increment(self._counter)
 
+    @property
+    def address(self) -> int:
+        """Where the counter is, for the listeners that number connections in C."""
+        return self._counter
+
 
 class Acceptor:
     """Accepts connections on listening sockets and starts one session task for each.
@@ -94,7 +99,7 @@ class Acceptor:
         *,
         worker_connections: int,
         multi_accept: bool,
-        connection_numbers: Callable[[], int],
+        connection_numbers: ConnectionNumbers,
         front_for: Callable[[Endpoint], FrontArguments | None] = lambda endpoint: None,
     ) -> None:
         self._run_session = run_session
@@ -117,6 +122,23 @@ class Acceptor:
         self._paused = False
         self._all_done: asyncio.Event = asyncio.Event()
         self._all_done.set()
+        # Where one endpoint has the socket to itself and its sessions a front, the listener starts the
+        # front in C, and a connection that leaves before its first command never reaches Python.
+        for (plan, _sock), listener in zip(listeners, self._listeners, strict=True):
+            front = None if plan.specific else front_for(plan.endpoint)
+            if front is not None:
+                listener.set_front(
+                    front,
+                    plan.endpoint,
+                    self._front_done,
+                    self._front_peers,
+                    self._sessions,
+                    self._limit,
+                    connection_numbers.address,
+                    self._all_done.clear,
+                    self._slot_freed,
+                    self._at_limit,
+                )
 
     @property
     def active_sessions(self) -> int:
@@ -167,7 +189,7 @@ class Acceptor:
             self._accept_failed(address)
             return bool(address.errno == errno.ECONNABORTED)
         endpoint = plan.route(peer.getsockname()) if plan.specific else plan.endpoint
-        number = self._connection_numbers()
+        number = self._connection_numbers.next()
         key = id(endpoint)
         if key not in self._fronts:
             self._fronts[key] = self._front_for(endpoint)
@@ -178,6 +200,10 @@ class Acceptor:
         else:
             self._front_peers.add(peer)
             peer.start_front(*front, self._front_done, (endpoint, address, number))
+        return self._at_limit()
+
+    def _at_limit(self) -> bool:
+        """Whether to accept more: at worker_connections, nginx's alert and none until a session ends."""
         if len(self._sessions) + len(self._front_peers) < self._limit:
             return True
         if self._readers_installed:
@@ -231,7 +257,7 @@ class Acceptor:
 class Worker:
     """Everything one worker runs for one generation: the servers' runtimes, the acceptor, the sessions."""
 
-    def __init__(self, generation: Generation, connection_numbers: Callable[[], int]) -> None:
+    def __init__(self, generation: Generation, connection_numbers: ConnectionNumbers) -> None:
         self.generation = generation
         self.config = generation.config
         self.main_log = generation.main_log
@@ -406,7 +432,7 @@ def _become(user: WorkerUser) -> None:
 async def _serve(generation: Generation, connection_numbers: ConnectionNumbers) -> None:
     loop = asyncio.get_running_loop()
     log = generation.main_log
-    worker = Worker(generation, connection_numbers.next)
+    worker = Worker(generation, connection_numbers)
     stop: asyncio.Future[bool] = loop.create_future()
 
     fast_stops: list[asyncio.Task[None]] = []
