@@ -137,7 +137,7 @@ class Acceptor:
                     connection_numbers.address,
                     self._all_done.clear,
                     self._slot_freed,
-                    self._at_limit,
+                    self._room_for_more,
                 )
 
     @property
@@ -200,9 +200,9 @@ class Acceptor:
         else:
             self._front_peers.add(peer)
             peer.start_front(*front, self._front_done, (endpoint, address, number))
-        return self._at_limit()
+        return self._room_for_more()
 
-    def _at_limit(self) -> bool:
+    def _room_for_more(self) -> bool:
         """Whether to accept more: at worker_connections, nginx's alert and none until a session ends."""
         if len(self._sessions) + len(self._front_peers) < self._limit:
             return True
