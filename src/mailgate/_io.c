@@ -2453,16 +2453,22 @@ typedef struct {
 } FrontPlan;
 
 static int
-front_plan_parse(PyObject *args, FrontPlan *plan)
+front_plan_check(const FrontPlan *plan)
 {
-    if (!PyArg_ParseTuple(args, "KddOd", &plan->context, &plan->handshake_timeout, &plan->shutdown_timeout,
-                          &plan->greeting, &plan->wait))
-        return -1;
     if (plan->greeting != Py_None && !PyBytes_Check(plan->greeting)) {
         PyErr_SetString(PyExc_TypeError, "the greeting is bytes or None");
         return -1;
     }
     return 0;
+}
+
+static int
+front_plan_parse(PyObject *args, FrontPlan *plan)
+{
+    if (!PyArg_ParseTuple(args, "KddOd", &plan->context, &plan->handshake_timeout, &plan->shutdown_timeout,
+                          &plan->greeting, &plan->wait))
+        return -1;
+    return front_plan_check(plan);
 }
 
 static int
@@ -2510,15 +2516,11 @@ front_begin(PeerObject *p, const FrontPlan *plan, PyObject *callback, PyObject *
 static PyObject *
 Peer_start_front(PeerObject *p, PyObject *args)
 {
-    PyObject *plan_args = PyTuple_GetSlice(args, 0, 5);
     FrontPlan plan;
     PyObject *callback, *callback_context;
-    int parsed = plan_args != NULL && front_plan_parse(plan_args, &plan) == 0 &&
-                 PyArg_ParseTuple(args, "KddOdOO", &plan.context, &plan.handshake_timeout,
-                                  &plan.shutdown_timeout, &plan.greeting, &plan.wait, &callback,
-                                  &callback_context);
-    Py_XDECREF(plan_args);
-    if (!parsed || front_begin(p, &plan, callback, callback_context) < 0)
+    if (!PyArg_ParseTuple(args, "KddOdOO", &plan.context, &plan.handshake_timeout, &plan.shutdown_timeout,
+                          &plan.greeting, &plan.wait, &callback, &callback_context) ||
+        front_plan_check(&plan) < 0 || front_begin(p, &plan, callback, callback_context) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
